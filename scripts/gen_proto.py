@@ -23,9 +23,8 @@ def proto_sources() -> list[Path]:
 
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc (from grpcio-tools) over every source; return the files written."""
-    from grpc_tools import protoc  # dev dependency, imported only when regenerating
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency, imported only when regenerating
 
     out_dir.mkdir(parents=True, exist_ok=True)
     include = Path(grpc_tools.__file__).parent / "_proto"

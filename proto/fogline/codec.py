@@ -20,14 +20,13 @@ import math
 import struct
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
 from fogline.errors import InvalidInput
 from fogline.inference import grpc_service_pb2 as pb
 
-ParamValue = Union[bool, int, float, str]
+ParamValue = bool | int | float | str
 
 #: Default cap on one tensor's payload: 64 MiB, the gRPC message limit fogline servers use.
 DEFAULT_MAX_TENSOR_BYTES = 64 * 1024 * 1024
@@ -75,9 +74,7 @@ def datatype_to_dtype(datatype: str) -> np.dtype:
     try:
         return _DATATYPES[datatype]
     except KeyError:
-        raise InvalidInput(
-            f"unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
-        ) from None
+        raise InvalidInput(f"unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}") from None
 
 
 def dtype_to_datatype(dtype: np.dtype) -> str:
@@ -319,7 +316,9 @@ def request_from_proto(
 
 def request_to_proto(request: InferRequest) -> pb.ModelInferRequest:
     """Encode an ``InferRequest`` with raw contents (what fogline sends to a cloud)."""
-    msg = pb.ModelInferRequest(model_name=request.model_name, model_version=request.model_version, id=request.id)
+    msg = pb.ModelInferRequest(
+        model_name=request.model_name, model_version=request.model_version, id=request.id
+    )
     params_to_proto(request.parameters, msg.parameters)
     for name, array in request.inputs.items():
         datatype, shape, raw = encode_array(array)
