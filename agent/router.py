@@ -1,0 +1,325 @@
+"""The routing decision: which tier answers one request, and why. Pure: no clock, no I/O, no globals.
+
+``decide(policy, observation, request)`` reads a frozen snapshot of what the agent observed (the cloud
+link's health and round-trip time, the edge's queue and service-time estimates, the router's memory of
+its previous preference) and returns a ``Decision``: the tier to send the request to, a short reason
+that travels back to the client as ``route_reason``, the latest moment the edge must start to still make
+the deadline (the data plane's fallback timer), and the router's next memory.
+
+Policies
+- ``edge_only`` / ``cloud_only``: always that tier (``cloud_only`` still answers from the edge, marked
+  ``fallback``, while the link is down: a request is never dropped).
+- ``latency_aware``: prefer the cloud's full model while the measured RTT is under ``rtt_threshold_ms``;
+  above it, stop preferring it; prefer it again only once the RTT is back under ``rtt_recover_ms``
+  (hysteresis, so a link hovering at the threshold does not flap). Whatever the preference, never pick
+  a tier predicted to miss the request's deadline when the other one is predicted to make it.
+- ``hedged``: like ``latency_aware``, but when the cloud is chosen the edge starts as well after
+  ``hedge_delay_ms`` and the first answer wins.
+- ``cascade``: the edge answers first; a classifier answer whose confidence is under
+  ``cascade_threshold`` is escalated to the cloud when the deadline leaves room for it.
+
+New policies plug into ``_POLICIES``; new observations (CPU load, for example) go into ``EdgeView`` or
+``LinkView`` with defaults, so existing callers and tests keep working.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+class Tier(str, enum.Enum):
+    EDGE = "edge"
+    CLOUD = "cloud"
+
+
+class Policy(str, enum.Enum):
+    EDGE_ONLY = "edge_only"
+    CLOUD_ONLY = "cloud_only"
+    LATENCY_AWARE = "latency_aware"
+    HEDGED = "hedged"
+    CASCADE = "cascade"
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """The routing knobs of one device (from the fleet YAML's ``routing`` block)."""
+
+    policy: Policy = Policy.LATENCY_AWARE
+    slo_ms: float = 100.0
+    rtt_threshold_ms: float = 150.0
+    rtt_recover_ms: float = 100.0
+    hedge_delay_ms: float | None = None
+    cascade_threshold: float | None = None
+    #: Allowance for scheduling jitter added to every prediction (event loop, thread hand-off).
+    margin_ms: float = 5.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", Policy(self.policy))
+        if self.slo_ms <= 0:
+            raise ValueError(f"slo_ms must be positive, got {self.slo_ms}")
+        if self.rtt_recover_ms > self.rtt_threshold_ms:
+            raise ValueError(
+                f"rtt_recover_ms ({self.rtt_recover_ms}) must not exceed rtt_threshold_ms "
+                f"({self.rtt_threshold_ms}); the gap between them is the hysteresis band"
+            )
+
+    @classmethod
+    def from_config(cls, routing: Any) -> RoutingPolicy:
+        """Build from the fleet config's routing object (any object with those attribute names)."""
+        fields: dict[str, Any] = {}
+        for name in ("policy", "slo_ms", "rtt_threshold_ms", "rtt_recover_ms", "hedge_delay_ms", "margin_ms"):
+            value = getattr(routing, name, None)
+            if value is not None:
+                fields[name] = getattr(value, "value", value)
+        threshold = getattr(routing, "cascade_threshold", None)
+        if threshold is None:
+            thresholds = getattr(routing, "cascade_thresholds", None)
+            if isinstance(thresholds, (int, float)):
+                threshold = thresholds
+        if threshold is not None:
+            fields["cascade_threshold"] = float(threshold)
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """The cloud link as the router sees it."""
+
+    #: The stream is connected and the circuit breaker is closed.
+    usable: bool
+    #: Why not usable ("connecting", "down", "breaker_open"...); "ready" when usable.
+    state: str = "ready"
+    #: Smoothed network round trip (ms), None before the first sample.
+    rtt_ms: float | None = None
+    #: Windowed high percentile of the round trip (ms).
+    rtt_high_ms: float | None = None
+    #: Age of the oldest cloud call still outstanding, minus expected compute (ms): the RTT is at least
+    #: this. It reacts to a sudden slowdown long before the slow answers come back.
+    outstanding_ms: float = 0.0
+    #: Expected cloud compute time for the request's model (ms).
+    cloud_compute_ms: float = 0.0
+
+    @property
+    def effective_rtt_ms(self) -> float | None:
+        if self.rtt_ms is None:
+            return None
+        return max(self.rtt_ms, self.outstanding_ms)
+
+
+@dataclass(frozen=True)
+class EdgeView:
+    """The local runtime for the request's model."""
+
+    #: The model is loaded on this device.
+    available: bool = True
+    #: Requests waiting or running for this model.
+    queue_depth: int = 0
+    #: How many run at once (executor threads for this model).
+    workers: int = 1
+    #: Expected time to run one request once it starts (ms).
+    service_ms: float = 10.0
+    #: Host CPU utilisation 0..1, when measured (for load-based offloading).
+    cpu_load: float | None = None
+
+    @property
+    def predicted_ms(self) -> float:
+        """Queueing plus service: requests ahead of this one share the workers."""
+        ahead = self.queue_depth / max(1, self.workers)
+        return (ahead + 1.0) * self.service_ms
+
+
+@dataclass(frozen=True)
+class RequestView:
+    model: str
+    #: "auto" | "edge" | "cloud" (the request's ``route`` parameter).
+    route: str = "auto"
+    #: Time budget left for this request (ms), from the request or the SLO.
+    deadline_ms: float = 100.0
+
+
+@dataclass(frozen=True)
+class RouterMemory:
+    """What the router carries from one decision to the next (the hysteresis state)."""
+
+    cloud_preferred: bool = False
+
+
+@dataclass(frozen=True)
+class Observation:
+    link: LinkView
+    edge: EdgeView
+    memory: RouterMemory = RouterMemory()
+
+
+@dataclass(frozen=True)
+class Decision:
+    tier: Tier
+    reason: str
+    memory: RouterMemory
+    #: The preferred tier could not be used and the other one answers (reported as ``fallback``).
+    fallback: bool = False
+    #: For a cloud decision: start the edge after this many ms if no cloud answer is back (the last
+    #: moment the edge still makes the deadline, or the hedge delay). None: only on cloud failure.
+    edge_start_by_ms: float | None = None
+    #: For a cascade: escalate to the cloud when the edge's confidence is under this.
+    escalate_below: float | None = None
+    predicted_edge_ms: float | None = None
+    predicted_cloud_ms: float | None = None
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def next_memory(policy: RoutingPolicy, link: LinkView, memory: RouterMemory) -> RouterMemory:
+    """Hysteresis: leave the cloud above the threshold, come back only below the recover level."""
+    rtt = link.effective_rtt_ms
+    if rtt is None or not link.usable:
+        # Nothing measured, or the link is gone: decide afresh once it is back and measured.
+        return replace(memory, cloud_preferred=False) if rtt is None else memory
+    if memory.cloud_preferred and rtt > policy.rtt_threshold_ms:
+        return replace(memory, cloud_preferred=False)
+    if not memory.cloud_preferred and rtt < policy.rtt_recover_ms:
+        return replace(memory, cloud_preferred=True)
+    return memory
+
+
+def predicted_cloud_ms(policy: RoutingPolicy, link: LinkView) -> float | None:
+    rtt = link.effective_rtt_ms
+    if rtt is None:
+        return None
+    return rtt + link.cloud_compute_ms + policy.margin_ms
+
+
+def predicted_edge_ms(policy: RoutingPolicy, edge: EdgeView) -> float:
+    return edge.predicted_ms + policy.margin_ms
+
+
+def _edge(reason: str, obs: Observation, memory: RouterMemory, policy: RoutingPolicy, fallback=False):
+    return Decision(
+        Tier.EDGE,
+        reason,
+        memory,
+        fallback=fallback,
+        predicted_edge_ms=predicted_edge_ms(policy, obs.edge),
+        predicted_cloud_ms=predicted_cloud_ms(policy, obs.link),
+    )
+
+
+def _cloud(reason: str, obs: Observation, req: RequestView, memory: RouterMemory, policy: RoutingPolicy):
+    edge_ms = predicted_edge_ms(policy, obs.edge)
+    start_by = max(0.0, req.deadline_ms - edge_ms) if obs.edge.available else None
+    return Decision(
+        Tier.CLOUD,
+        reason,
+        memory,
+        edge_start_by_ms=start_by,
+        predicted_edge_ms=edge_ms,
+        predicted_cloud_ms=predicted_cloud_ms(policy, obs.link),
+    )
+
+
+def _link_unusable_reason(link: LinkView) -> str:
+    return "link_" + (link.state if link.state and link.state != "ready" else "down")
+
+
+# --------------------------------------------------------------------------- policies
+
+
+def _edge_only(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory) -> Decision:
+    if not obs.edge.available and obs.link.usable:
+        return replace(_cloud("edge_unavailable", obs, req, memory, policy), fallback=True)
+    return _edge("policy_edge_only", obs, memory, policy)
+
+
+def _cloud_only(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory) -> Decision:
+    if obs.link.usable or not obs.edge.available:
+        return _cloud("policy_cloud_only", obs, req, memory, policy)
+    return _edge(_link_unusable_reason(obs.link), obs, memory, policy, fallback=True)
+
+
+def _latency_aware(
+    policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory
+) -> Decision:
+    link, edge = obs.link, obs.edge
+    if not edge.available:
+        return _cloud("edge_unavailable", obs, req, memory, policy)
+    if not link.usable:
+        return _edge(_link_unusable_reason(link), obs, memory, policy)
+    cloud_ms = predicted_cloud_ms(policy, link)
+    if cloud_ms is None:
+        return _edge("rtt_unknown", obs, memory, policy)
+    edge_ms = predicted_edge_ms(policy, edge)
+    edge_makes_it = edge_ms <= req.deadline_ms
+    cloud_makes_it = cloud_ms <= req.deadline_ms
+    if memory.cloud_preferred:
+        if cloud_makes_it:
+            return _cloud("rtt_ok", obs, req, memory, policy)
+        if edge_makes_it:
+            return _edge("deadline", obs, memory, policy)
+    else:
+        if edge_makes_it:
+            return _edge("rtt_high", obs, memory, policy)
+        if cloud_makes_it:
+            return _cloud("edge_busy", obs, req, memory, policy)
+    # Neither is predicted to make it: the faster prediction is the best effort.
+    if cloud_ms < edge_ms:
+        return _cloud("best_effort", obs, req, memory, policy)
+    return _edge("best_effort", obs, memory, policy)
+
+
+def _hedged(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory) -> Decision:
+    decision = _latency_aware(policy, obs, req, memory)
+    if decision.tier is Tier.CLOUD and policy.hedge_delay_ms is not None and decision.edge_start_by_ms is not None:
+        start = min(decision.edge_start_by_ms, policy.hedge_delay_ms)
+        return replace(decision, edge_start_by_ms=start, reason=decision.reason + "+hedge")
+    return decision
+
+
+def _cascade(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory) -> Decision:
+    decision = _latency_aware(policy, obs, req, memory)
+    if decision.tier is Tier.CLOUD and policy.cascade_threshold is not None and obs.edge.available:
+        return _edge_then_cloud(policy, obs, req, memory)
+    return decision
+
+
+def _edge_then_cloud(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory):
+    # Escalation only pays when the edge answer plus a cloud round trip still fits the deadline.
+    edge_ms = predicted_edge_ms(policy, obs.edge)
+    cloud_ms = predicted_cloud_ms(policy, obs.link) or 0.0
+    room = edge_ms + cloud_ms <= req.deadline_ms
+    return replace(
+        _edge("cascade", obs, memory, policy),
+        escalate_below=policy.cascade_threshold if room else None,
+    )
+
+
+_POLICIES: dict[Policy, Callable[[RoutingPolicy, Observation, RequestView, RouterMemory], Decision]] = {
+    Policy.EDGE_ONLY: _edge_only,
+    Policy.CLOUD_ONLY: _cloud_only,
+    Policy.LATENCY_AWARE: _latency_aware,
+    Policy.HEDGED: _hedged,
+    Policy.CASCADE: _cascade,
+}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def decide(policy: RoutingPolicy, obs: Observation, req: RequestView) -> Decision:
+    """Route one request. The returned ``memory`` must be fed into the next ``Observation``."""
+    memory = next_memory(policy, obs.link, obs.memory)
+    if req.route == Tier.EDGE.value:
+        if obs.edge.available:
+            return _edge("requested_edge", obs, memory, policy)
+        return replace(_cloud("edge_unavailable", obs, req, memory, policy), fallback=True)
+    if req.route == Tier.CLOUD.value:
+        if obs.link.usable or not obs.edge.available:
+            # Honoured as asked: wait for the cloud's answer; the edge steps in only if the cloud fails.
+            return replace(_cloud("requested_cloud", obs, req, memory, policy), edge_start_by_ms=None)
+        return _edge(_link_unusable_reason(obs.link), obs, memory, policy, fallback=True)
+    if req.route != "auto":
+        raise ValueError(f"route must be auto, edge or cloud, got {req.route!r}")
+    return _POLICIES[policy.policy](policy, obs, req, memory)

@@ -1,0 +1,186 @@
+"""The router as a pure function: every policy, the hysteresis band, deadlines, the route parameter."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from agent.router import (
+    Decision,
+    EdgeView,
+    LinkView,
+    Observation,
+    Policy,
+    RequestView,
+    RouterMemory,
+    RoutingPolicy,
+    Tier,
+    decide,
+    next_memory,
+)
+
+pytestmark = pytest.mark.unit
+
+LA = RoutingPolicy(policy=Policy.LATENCY_AWARE, slo_ms=100, rtt_threshold_ms=150, rtt_recover_ms=100)
+
+
+def obs(rtt=20.0, usable=True, preferred=True, queue=0, service=10.0, edge=True, outstanding=0.0, compute=0.0,
+        state="ready"):
+    return Observation(
+        link=LinkView(usable=usable, state=state, rtt_ms=rtt, outstanding_ms=outstanding, cloud_compute_ms=compute),
+        edge=EdgeView(available=edge, queue_depth=queue, workers=1, service_ms=service),
+        memory=RouterMemory(cloud_preferred=preferred),
+    )
+
+
+def req(deadline=100.0, route="auto"):
+    return RequestView(model="digits", route=route, deadline_ms=deadline)
+
+
+def test_good_link_prefers_cloud_with_an_edge_backup_timer():
+    d = decide(LA, obs(rtt=20), req(deadline=100))
+    assert d.tier is Tier.CLOUD and d.reason == "rtt_ok" and not d.fallback
+    # The edge (10 ms + 5 ms margin) must start by 85 ms to make a 100 ms deadline.
+    assert d.edge_start_by_ms == pytest.approx(85.0)
+    assert d.predicted_cloud_ms == pytest.approx(25.0)
+
+
+def test_first_measurement_below_recover_switches_preference_on():
+    d = decide(LA, obs(rtt=30, preferred=False), req())
+    assert d.tier is Tier.CLOUD and d.memory.cloud_preferred
+
+
+def test_hysteresis_band_keeps_current_preference():
+    # 120 ms sits between recover (100) and threshold (150): whatever was preferred stays preferred.
+    up = decide(LA, obs(rtt=120, preferred=True), req(deadline=1000))
+    down = decide(LA, obs(rtt=120, preferred=False), req(deadline=1000))
+    assert up.tier is Tier.CLOUD and up.memory.cloud_preferred
+    assert down.tier is Tier.EDGE and down.reason == "rtt_high" and not down.memory.cloud_preferred
+
+
+def test_above_threshold_stops_preferring_cloud():
+    d = decide(LA, obs(rtt=160, preferred=True), req(deadline=1000))
+    assert d.tier is Tier.EDGE and d.reason == "rtt_high" and not d.memory.cloud_preferred
+
+
+def test_full_hysteresis_cycle_through_memory():
+    memory = RouterMemory(cloud_preferred=False)
+    seen = []
+    for rtt in [50, 120, 140, 160, 140, 120, 105, 99, 120]:
+        o = obs(rtt=rtt)
+        d = decide(LA, Observation(o.link, o.edge, memory), req(deadline=1000))
+        memory = d.memory
+        seen.append(d.tier.value)
+    assert seen == ["cloud", "cloud", "cloud", "edge", "edge", "edge", "edge", "cloud", "cloud"]
+
+
+def test_outstanding_call_age_counts_as_rtt_before_answers_return():
+    # Smoothed RTT still says 10 ms, but a cloud call has been out for 200 ms: the link got slow.
+    d = decide(LA, obs(rtt=10, outstanding=200), req(deadline=1000))
+    assert d.tier is Tier.EDGE and not d.memory.cloud_preferred
+
+
+def test_cloud_predicted_to_miss_deadline_goes_to_edge_even_if_preferred():
+    d = decide(LA, obs(rtt=90, compute=20), req(deadline=100))
+    assert d.tier is Tier.EDGE and d.reason == "deadline"
+    assert d.memory.cloud_preferred  # the preference itself is unchanged
+
+
+def test_busy_edge_offloads_to_cloud_when_only_cloud_makes_the_deadline():
+    d = decide(LA, obs(rtt=120, preferred=False, queue=20, service=10), req(deadline=200))
+    assert d.tier is Tier.CLOUD and d.reason == "edge_busy"
+
+
+def test_both_miss_picks_the_faster_prediction():
+    slow_edge = decide(LA, obs(rtt=60, preferred=True, queue=20, service=10), req(deadline=50))
+    assert slow_edge.tier is Tier.CLOUD and slow_edge.reason == "best_effort"
+    slow_cloud = decide(LA, obs(rtt=500, preferred=False, service=80), req(deadline=50))
+    assert slow_cloud.tier is Tier.EDGE and slow_cloud.reason == "best_effort"
+
+
+def test_unknown_rtt_stays_on_edge():
+    d = decide(LA, obs(rtt=None, preferred=True), req())
+    assert d.tier is Tier.EDGE and d.reason == "rtt_unknown" and not d.memory.cloud_preferred
+
+
+def test_unusable_link_goes_to_edge_with_the_link_state_as_reason():
+    d = decide(LA, obs(usable=False, state="breaker_open"), req())
+    assert d.tier is Tier.EDGE and d.reason == "link_breaker_open" and not d.fallback
+    assert decide(LA, obs(usable=False, state=""), req()).reason == "link_down"
+
+
+def test_model_missing_at_edge_goes_to_cloud_without_backup():
+    d = decide(LA, obs(edge=False, preferred=False), req())
+    assert d.tier is Tier.CLOUD and d.reason == "edge_unavailable" and d.edge_start_by_ms is None
+
+
+def test_route_edge_and_cloud_are_honoured():
+    assert decide(LA, obs(rtt=10), req(route="edge")).tier is Tier.EDGE
+    assert decide(LA, obs(rtt=10), req(route="edge")).reason == "requested_edge"
+    d = decide(LA, obs(rtt=900, preferred=False), req(route="cloud"))
+    assert d.tier is Tier.CLOUD and d.reason == "requested_cloud" and d.edge_start_by_ms is None
+
+
+def test_route_cloud_with_link_down_falls_back_to_edge():
+    d = decide(LA, obs(usable=False, state="down"), req(route="cloud"))
+    assert d.tier is Tier.EDGE and d.fallback and d.reason == "link_down"
+
+
+def test_bad_route_is_refused():
+    with pytest.raises(ValueError, match="route"):
+        decide(LA, obs(), req(route="moon"))
+
+
+def test_edge_only_and_cloud_only():
+    edge_only = RoutingPolicy(policy="edge_only")
+    cloud_only = RoutingPolicy(policy="cloud_only")
+    assert decide(edge_only, obs(rtt=1), req()).tier is Tier.EDGE
+    d = decide(cloud_only, obs(rtt=900, preferred=False), req())
+    assert d.tier is Tier.CLOUD and d.reason == "policy_cloud_only"
+    down = decide(cloud_only, obs(usable=False, state="down"), req())
+    assert down.tier is Tier.EDGE and down.fallback
+
+
+def test_edge_backup_timer_accounts_for_queue():
+    d = decide(LA, obs(rtt=10, queue=3, service=10), req(deadline=100))
+    # 3 ahead + this one = 40 ms of edge work, + 5 ms margin: start by 55 ms.
+    assert d.tier is Tier.CLOUD and d.edge_start_by_ms == pytest.approx(55.0)
+
+
+def test_edge_backup_timer_never_negative():
+    d = decide(LA, obs(rtt=5, queue=0, service=10), req(deadline=12))
+    assert d.tier is Tier.CLOUD and d.edge_start_by_ms == 0.0
+
+
+def test_hedged_starts_edge_after_hedge_delay():
+    hedged = RoutingPolicy(policy="hedged", hedge_delay_ms=30)
+    d = decide(hedged, obs(rtt=10), req(deadline=100))
+    assert d.tier is Tier.CLOUD and d.edge_start_by_ms == 30 and d.reason.endswith("+hedge")
+
+
+def test_cascade_runs_edge_first_with_escalation_when_there_is_room():
+    cascade = RoutingPolicy(policy="cascade", cascade_threshold=0.8)
+    d = decide(cascade, obs(rtt=10), req(deadline=100))
+    assert d.tier is Tier.EDGE and d.escalate_below == 0.8
+    tight = decide(cascade, obs(rtt=10, service=60), req(deadline=70))
+    assert tight.escalate_below is None
+
+
+def test_policy_validation_and_from_config():
+    with pytest.raises(ValueError, match="hysteresis"):
+        RoutingPolicy(rtt_threshold_ms=100, rtt_recover_ms=150)
+    with pytest.raises(ValueError):
+        RoutingPolicy(policy="fastest")
+    cfg = SimpleNamespace(policy="cloud_only", slo_ms=50, rtt_threshold_ms=80, rtt_recover_ms=60,
+                          hedge_delay_ms=None, cascade_threshold=None, cascade_thresholds={"digits": 0.7})
+    p = RoutingPolicy.from_config(cfg)
+    assert p.policy is Policy.CLOUD_ONLY and p.slo_ms == 50 and p.rtt_recover_ms == 60
+
+
+def test_next_memory_is_pure():
+    link = LinkView(usable=True, rtt_ms=200)
+    before = RouterMemory(cloud_preferred=True)
+    after = next_memory(LA, link, before)
+    assert before.cloud_preferred and not after.cloud_preferred
+    assert isinstance(decide(LA, obs(), req()), Decision)
