@@ -35,7 +35,9 @@ def test_high_percentile_over_window_forgets_old_samples():
     for i in range(19):
         est.observe(10, now_ms=i)
     est.observe(500, now_ms=19)
-    assert est.high_ms(20) == 500  # one outlier in 20 is the p95 (nearest rank)
+    assert est.high_ms(20) == 10  # one outlier in 20 sits above the p95 (nearest rank 19)
+    est.observe(400, now_ms=20)
+    assert est.high_ms(20) == 400  # two in 21: rank 20 is the smaller outlier
     for i in range(40):
         est.observe(10, now_ms=100 + i)
     assert est.high_ms(140) == 10
