@@ -1,0 +1,272 @@
+"""Dynamic batching for one model: gather requests while the model is busy, run them as one call.
+
+How a request travels:
+
+1. ``submit`` puts it in a bounded queue (full queue -> ``Overloaded``, i.e. RESOURCE_EXHAUSTED)
+   and awaits its own future.
+2. One dispatcher task per model (on the event loop) takes requests off the queue. When the model is
+   idle and a request arrives, it is dispatched **at once**: nobody waits for company when there is
+   no one to wait behind. While a batch runs, new requests pile up in the queue; when the model is
+   free again they all leave together as the next batch (up to ``max_batch_size`` rows). With
+   ``max_queue_delay_us`` > 0, such a follow-up batch that is not full may be held until the oldest
+   request in it has waited that long (Triton's ``max_queue_delay_microseconds``).
+3. A request whose deadline has passed, or whose caller went away, is dropped before compute.
+4. The batch's inputs are concatenated along axis 0, the model runs on one worker thread (off the
+   event loop), and the outputs are split back by each request's row count.
+5. If a batch of several requests fails, each request is re-run alone, so one bad request fails
+   only itself.
+
+The model is any callable ``dict[str, ndarray] -> dict[str, ndarray]`` that maps a batch of rows
+to a batch of rows (``FullModel.predict``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from fogline.errors import DeadlineExceeded, Overloaded, Unavailable
+
+Arrays = dict[str, np.ndarray]
+RunFn = Callable[[Arrays], Arrays]
+#: Called after every model call with (rows, requests, compute seconds).
+BatchObserver = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What happened to one request inside the batcher (times in seconds)."""
+
+    queue_s: float
+    compute_s: float
+    batch_rows: int
+    batch_requests: int
+
+
+@dataclass
+class _Item:
+    inputs: Arrays
+    rows: int
+    enqueued: float
+    deadline: float | None  # on the batcher's clock; None = no deadline
+    future: asyncio.Future
+
+
+def rows_of(inputs: Arrays) -> int:
+    """The batch dimension shared by every input (the caller validated that they agree)."""
+    first = next(iter(inputs.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def concat_inputs(items: list[Arrays]) -> Arrays:
+    """Concatenate several requests' inputs along axis 0 (no copy for a single request)."""
+    if len(items) == 1:
+        return items[0]
+    return {name: np.concatenate([it[name] for it in items], axis=0) for name in items[0]}
+
+
+def split_outputs(outputs: Arrays, rows: list[int]) -> list[Arrays]:
+    """Split a batch's outputs back into per-request outputs by row counts."""
+    total = sum(rows)
+    for name, array in outputs.items():
+        if array.shape[:1] != (total,):
+            raise RuntimeError(f"model output {name!r} has shape {array.shape}; expected {total} rows")
+    bounds = np.cumsum([0, *rows])
+    return [
+        {name: array[bounds[i] : bounds[i + 1]] for name, array in outputs.items()} for i in range(len(rows))
+    ]
+
+
+class DynamicBatcher:
+    """Batches requests for one model and runs them on its own worker thread."""
+
+    def __init__(
+        self,
+        name: str,
+        run: RunFn,
+        *,
+        max_batch_size: int = 32,
+        max_queue_delay_us: int = 0,
+        max_queue_size: int = 256,
+        on_batch: BatchObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self._delay_s = max_queue_delay_us / 1e6
+        self.max_queue_size = max_queue_size
+        self._on_batch = on_batch
+        self._clock = clock
+        self._pending: deque[_Item] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fogline-{name}")
+        self._closed = False
+        self.busy = False
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the model (not counting the batch that is running)."""
+        return len(self._pending)
+
+    def start(self) -> None:
+        """Start the dispatcher task on the running event loop (idempotent)."""
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._dispatch(), name=f"batcher-{self.name}")
+
+    async def submit(self, inputs: Arrays, *, deadline: float | None = None) -> tuple[Arrays, BatchStats]:
+        """Run ``inputs`` (a batch of rows) through the model, batched with whatever else is waiting.
+
+        ``deadline`` is an absolute time on the batcher's clock (``time.monotonic`` by default).
+        Raises ``Overloaded`` when the queue is full, ``DeadlineExceeded`` when the deadline passes
+        before the model starts on it, ``Unavailable`` after ``close``.
+        """
+        if self._closed:
+            raise Unavailable(f"model {self.name!r} is shutting down")
+        self.start()
+        now = self._clock()
+        if deadline is not None and now >= deadline:
+            raise DeadlineExceeded(f"model {self.name!r}: the request's deadline passed before it was queued")
+        if len(self._pending) >= self.max_queue_size:
+            raise Overloaded(
+                f"model {self.name!r}: {len(self._pending)} requests already queued "
+                f"(max_queue_size {self.max_queue_size}); back off and retry"
+            )
+        item = _Item(inputs, rows_of(inputs), now, deadline, asyncio.get_running_loop().create_future())
+        self._pending.append(item)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await item.future
+
+    async def close(self) -> None:
+        """Stop the dispatcher after the batch in hand; anything still queued gets ``Unavailable``."""
+        self._closed = True
+        if self._task is not None:
+            assert self._wakeup is not None
+            self._wakeup.set()
+            await self._task
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(Unavailable(f"model {self.name!r} is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ dispatcher
+
+    async def _dispatch(self) -> None:
+        assert self._wakeup is not None
+        just_ran = False  # True while requests queued up behind a batch that just finished
+        while True:
+            while not self._pending and not self._closed:
+                just_ran = False
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self._closed:
+                return
+            if just_ran and self._delay_s > 0:
+                await self._hold_for_company()
+            batch = self._take()
+            if batch:
+                await self._execute(batch)
+                just_ran = True
+
+    async def _hold_for_company(self) -> None:
+        """Follow-up batch not full yet: wait until it is, or its oldest request waited the delay."""
+        assert self._wakeup is not None
+        while sum(it.rows for it in self._pending) < self.max_batch_size:
+            remaining = self._pending[0].enqueued + self._delay_s - self._clock()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _take(self) -> list[_Item]:
+        """Pop the next batch: live requests, oldest first, up to max_batch_size rows."""
+        batch: list[_Item] = []
+        rows = 0
+        now = self._clock()
+        while self._pending:
+            item = self._pending[0]
+            if item.future.done():  # the caller went away (cancelled)
+                self._pending.popleft()
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                self._pending.popleft()
+                waited_ms = (now - item.enqueued) * 1e3
+                item.future.set_exception(
+                    DeadlineExceeded(
+                        f"model {self.name!r}: deadline passed after {waited_ms:.1f} ms in the queue; "
+                        "dropped before compute"
+                    )
+                )
+                continue
+            if batch and rows + item.rows > self.max_batch_size:
+                break
+            self._pending.popleft()
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        started = self._clock()
+        self.busy = True
+        try:
+            try:
+                results, compute_s = await loop.run_in_executor(self._executor, self._call, batch)
+            except Exception as exc:
+                if len(batch) == 1:
+                    self._fail(batch[0], exc)
+                    return
+                # One request may have poisoned the batch: run each alone so only it fails.
+                for item in batch:
+                    await self._execute_alone(item, started)
+                return
+            self._observe(sum(it.rows for it in batch), len(batch), compute_s)
+            rows = sum(it.rows for it in batch)
+            for item, outputs in zip(batch, results, strict=True):
+                stats = BatchStats(started - item.enqueued, compute_s, rows, len(batch))
+                if not item.future.done():
+                    item.future.set_result((outputs, stats))
+        finally:
+            self.busy = False
+
+    async def _execute_alone(self, item: _Item, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results, compute_s = await loop.run_in_executor(self._executor, self._call, [item])
+        except Exception as exc:
+            self._fail(item, exc)
+            return
+        self._observe(item.rows, 1, compute_s)
+        if not item.future.done():
+            item.future.set_result((results[0], BatchStats(started - item.enqueued, compute_s, item.rows, 1)))
+
+    def _call(self, batch: list[_Item]) -> tuple[list[Arrays], float]:
+        """Worker thread: concatenate, run the model, split. Returns per-request outputs and seconds."""
+        inputs = concat_inputs([it.inputs for it in batch])
+        t0 = time.perf_counter()
+        outputs = self._run(inputs)
+        compute_s = time.perf_counter() - t0
+        return split_outputs(outputs, [it.rows for it in batch]), compute_s
+
+    def _observe(self, rows: int, requests: int, compute_s: float) -> None:
+        if self._on_batch is not None:
+            self._on_batch(rows, requests, compute_s)
+
+    @staticmethod
+    def _fail(item: _Item, exc: BaseException) -> None:
+        if not item.future.done():
+            item.future.set_exception(exc)

@@ -1,0 +1,96 @@
+"""Prometheus metrics of the cloud tier, named in the spirit of Triton's ``nv_inference_*``.
+
+Each server gets its own ``CollectorRegistry`` (so several servers in one test process never clash)
+and, when a port is configured, its own HTTP endpoint serving ``/metrics``.
+
+| metric | type | labels | meaning |
+| --- | --- | --- | --- |
+| ``nv_inference_request_success_total`` | counter | model, version | requests answered |
+| ``nv_inference_request_failure_total`` | counter | model, version, reason | requests that failed (reason = gRPC code name) |
+| ``nv_inference_count_total`` | counter | model, version | rows (inferences) computed |
+| ``nv_inference_exec_count_total`` | counter | model, version | model calls (batches) |
+| ``nv_inference_queue_duration_seconds`` | histogram | model, version | time a request waited for the model |
+| ``nv_inference_compute_duration_seconds`` | histogram | model, version | time of one model call (one batch) |
+| ``nv_inference_batch_size`` | histogram | model, version | rows per model call |
+| ``nv_inference_inflight_requests`` | gauge | model | requests accepted and not yet answered |
+| ``nv_inference_pending_request_count`` | gauge | model | requests waiting in the batch queue |
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class CloudMetrics:
+    """The cloud's metric families in one registry, with small recording helpers."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        mv = ["model", "version"]
+        self.success = Counter("nv_inference_request_success", "Requests answered", mv, registry=r)
+        self.failure = Counter(
+            "nv_inference_request_failure", "Requests that failed", [*mv, "reason"], registry=r
+        )
+        self.inferences = Counter("nv_inference_count", "Rows (inferences) computed", mv, registry=r)
+        self.executions = Counter("nv_inference_exec_count", "Model calls (batches) run", mv, registry=r)
+        self.queue_time = Histogram(
+            "nv_inference_queue_duration_seconds",
+            "Time a request waited in the batch queue",
+            mv,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_time = Histogram(
+            "nv_inference_compute_duration_seconds",
+            "Time of one model call (one batch)",
+            mv,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "nv_inference_batch_size", "Rows per model call", mv, buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.inflight = Gauge(
+            "nv_inference_inflight_requests", "Requests accepted and not yet answered", ["model"], registry=r
+        )
+        self.pending = Gauge(
+            "nv_inference_pending_request_count", "Requests waiting in the batch queue", ["model"], registry=r
+        )
+
+    # ------------------------------------------------------------------ recording
+
+    def record_success(self, model: str, version: str, queue_s: float) -> None:
+        self.success.labels(model, version).inc()
+        self.queue_time.labels(model, version).observe(queue_s)
+
+    def record_failure(self, model: str, version: str, reason: str) -> None:
+        self.failure.labels(model, version, reason).inc()
+
+    def record_batch(self, model: str, version: str, rows: int, compute_s: float) -> None:
+        self.inferences.labels(model, version).inc(rows)
+        self.executions.labels(model, version).inc()
+        self.batch_size.labels(model, version).observe(rows)
+        self.compute_time.labels(model, version).observe(compute_s)
+
+    def render(self) -> bytes:
+        """The text exposition format, as ``/metrics`` serves it."""
+        return generate_latest(self.registry)
+
+
+class MetricsEndpoint:
+    """``/metrics`` over HTTP on its own thread (prometheus_client's WSGI server)."""
+
+    def __init__(self, metrics: CloudMetrics, host: str, port: int) -> None:
+        from prometheus_client import start_http_server
+
+        self._httpd, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+        self.port = int(self._httpd.server_port)
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,145 @@
+"""Building and stopping the cloud's gRPC server.
+
+``create_server(settings, repo)`` loads the newest version of every model in the repository onto the
+configured device, wraps them in a ``DataPlane``, and returns a ``CloudServer`` with its bound port:
+the v2 inference service, ``grpc.health.v1`` health, server reflection and (when configured) a
+Prometheus ``/metrics`` endpoint. Nothing starts until ``await server.start()``.
+
+``await server.stop()`` is the graceful shutdown that SIGTERM triggers: readiness and health turn
+NOT_SERVING, gRPC stops accepting new calls, streams stop reading and answer what they hold, unary
+calls in flight finish, and whatever is still running after ``grace_s`` is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from fogline.errors import ConfigError
+from fogline.inference import grpc_service_pb2 as pb
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from cloud.dataplane import DataPlane, Model
+from cloud.metrics import CloudMetrics, MetricsEndpoint
+from cloud.servicer import InferenceServicer
+from cloud.settings import ServingSettings
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def load_models(settings: ServingSettings, repo: Any) -> list[Model]:
+    """The newest version of every model in ``repo`` (a ModelRepository or a directory), loaded."""
+    import torch
+    from edge_models.full_runtime import FullModel
+
+    from edge_models.repository import ModelRepository
+
+    if not isinstance(repo, ModelRepository):
+        repo = ModelRepository(Path(repo))
+    torch.set_num_threads(settings.resolved_torch_threads())
+    device = settings.resolved_device()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but torch sees no GPU; use --device cpu")
+    names = list(repo.names())
+    if not names:
+        raise ConfigError(
+            f"no models found in {repo.root}; build them with: fogline models build --out {repo.root}"
+        )
+    return [FullModel.load(repo.resolve(name), device=device) for name in names]
+
+
+class CloudServer:
+    """The running parts of one cloud server, started and stopped together."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        dataplane: DataPlane,
+        servicer: InferenceServicer,
+        health: HealthServicer,
+        settings: ServingSettings,
+    ) -> None:
+        self.grpc_server = server
+        self.dataplane = dataplane
+        self.servicer = servicer
+        self.health = health
+        self.settings = settings
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_endpoint.port if self.metrics_endpoint else None
+
+    async def start(self) -> None:
+        self.dataplane.start()
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        if self.settings.metrics_port is not None:
+            self.metrics_endpoint = MetricsEndpoint(
+                self.dataplane.metrics, self.settings.metrics_host, self.settings.metrics_port
+            )
+        await self.grpc_server.start()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: stop accepting, answer what is in flight (at most ``grace`` seconds), release all."""
+        if self._stopped.is_set():
+            return
+        grace = self.settings.grace_s if grace is None else grace
+        self.dataplane.begin_drain()
+        await self.health.enter_graceful_shutdown()
+        self.servicer.drain_event.set()
+        await self.grpc_server.stop(grace)
+        await self.dataplane.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+        self._stopped.set()
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()
+
+
+def create_server(
+    settings: ServingSettings,
+    repo: Any = None,
+    *,
+    models: Sequence[Model] | None = None,
+    metrics: CloudMetrics | None = None,
+) -> tuple[CloudServer, int]:
+    """Build the cloud server bound to ``settings.listen``; returns it and the bound port.
+
+    ``models`` (already loaded) wins over ``repo``; with neither, the repository at
+    ``settings.resolved_models_dir()`` is loaded. Call from inside the event loop that will run it.
+    """
+    if models is None:
+        models = load_models(settings, repo if repo is not None else settings.resolved_models_dir())
+    dataplane = DataPlane(models, settings, metrics=metrics)
+    limit = settings.max_message_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    servicer = InferenceServicer(dataplane)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    host, port = settings.host_port
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise ConfigError(f"listen: cannot bind {settings.listen} (address in use or not local)")
+    return CloudServer(server, dataplane, servicer, health, settings), bound
