@@ -1,0 +1,74 @@
+"""Structured logging: every line one JSON object with ts, level, logger, msg and the extra fields."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+import pytest
+
+from agent.logs import JsonFormatter, setup_logging
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def restore_root():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_lines_carry_standard_and_extra_fields(restore_root):
+    out = io.StringIO()
+    setup_logging("DEBUG", "json", stream=out, static={"device": "cam-001"})
+    log = logging.getLogger("agent.router")
+    log.info("route %s", "changed", extra={"model": "digits", "rtt_ms": 312.5, "path": object()})
+    log.debug("quiet detail")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("inference failed", extra={"device": "override"})
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 3
+    first = lines[0]
+    assert list(first)[:4] == ["ts", "level", "logger", "msg"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["ts"])
+    assert first["level"] == "info" and first["logger"] == "agent.router" and first["msg"] == "route changed"
+    assert first["model"] == "digits" and first["rtt_ms"] == 312.5 and first["device"] == "cam-001"
+    assert first["path"].startswith("<object object")  # not JSON-able -> str()
+    assert lines[1]["level"] == "debug"
+    assert lines[2]["level"] == "error" and lines[2]["device"] == "override"
+    assert "RuntimeError: boom" in lines[2]["exc"]
+
+
+def test_extra_fields_cannot_clobber_the_standard_keys():
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "hello", None, None)
+    record.ts = "forged"
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["ts"] != "forged" and doc["msg"] == "hello" and doc["level"] == "warning"
+
+
+def test_text_format_and_repeat_setup_replace_the_handler(restore_root):
+    out = io.StringIO()
+    setup_logging("INFO", "json", stream=io.StringIO())
+    setup_logging("INFO", "text", stream=out)
+    assert sum(getattr(h, "_fogline", False) for h in logging.getLogger().handlers) == 1
+    logging.getLogger("agent").warning("link down", extra={"reason": "rst from peer", "n": 3})
+    line = out.getvalue().strip()
+    assert re.fullmatch(r"\S+Z WARNING agent: link down reason=\"rst from peer\" n=3", line), line
+
+
+def test_auto_picks_json_off_a_terminal_and_bad_settings_are_refused(restore_root):
+    out = io.StringIO()
+    setup_logging("info", "auto", stream=out)
+    logging.getLogger("agent").info("hi")
+    assert json.loads(out.getvalue())["msg"] == "hi"
+    with pytest.raises(ValueError, match="log format"):
+        setup_logging("INFO", "xml")
+    with pytest.raises(ValueError, match="log level"):
+        setup_logging("LOUD", "json")
