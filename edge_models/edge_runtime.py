@@ -1,0 +1,109 @@
+"""The edge runtime: a built model's INT8 ONNX file run with onnxruntime. Never imports torch.
+
+``EdgeModel.load(version_dir)`` reads the manifest, opens an onnxruntime session on the edge
+artifact and, for ``minilm``, the model's own tokenizer. ``predict`` takes a batch as the v2 protocol
+delivers it (``text`` BYTES ``[N]`` or ``image`` FP32 ``[N,8,8]``) and returns the output tensors;
+bad input raises ``fogline.errors.InvalidInput``. The agent imports this on devices without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fogline.errors import ConfigError
+
+from .repository import read_manifest, specs_of
+from .spec import TensorSpec, decode_texts, validate_inputs
+from .text import TextEncoder
+
+
+def session_options(intra_op_threads: int = 1) -> Any:
+    """onnxruntime options: full graph optimisation, ``intra_op_threads`` threads, no spinning."""
+    import onnxruntime as ort
+
+    if intra_op_threads < 1:
+        raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Busy-waiting worker threads would steal CPU from the rest of a small device.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+class EdgeModel:
+    """One model version served by onnxruntime (the INT8 edge file unless told otherwise)."""
+
+    def __init__(
+        self,
+        version_dir: Path,
+        manifest: dict[str, Any],
+        session: Any,
+        encoder: TextEncoder | None,
+        artifact: str,
+    ) -> None:
+        self.version_dir = Path(version_dir)
+        self.manifest = manifest
+        self.name: str = manifest["name"]
+        self.version: str = str(manifest["version"])
+        self.task: str = manifest.get("task", "classification")
+        self.inputs: list[TensorSpec] = specs_of(manifest, "inputs")
+        self.outputs: list[TensorSpec] = specs_of(manifest, "outputs")
+        self.artifact = artifact
+        self._session = session
+        self._encoder = encoder
+        self._onnx_inputs = [i.name for i in session.get_inputs()]
+
+    @classmethod
+    def load(cls, version_dir: Path | str, intra_op_threads: int = 1, artifact: str = "edge") -> EdgeModel:
+        """Open ``version_dir``; ``artifact`` picks the ONNX file (``edge`` INT8, ``reference_onnx`` FP32)."""
+        import onnxruntime as ort
+
+        version_dir = Path(version_dir)
+        manifest = read_manifest(version_dir)
+        rel = manifest["artifacts"].get(artifact)
+        if rel is None:
+            raise ConfigError(f"{version_dir}: manifest names no {artifact!r} artifact")
+        path = version_dir / rel
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; rebuild with 'fogline models build'")
+        try:
+            session = ort.InferenceSession(
+                str(path), session_options(intra_op_threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ConfigError(f"{path}: onnxruntime cannot load it ({exc})") from None
+        encoder = None
+        if manifest.get("task") == "embedding":
+            tokenizer = version_dir / manifest["artifacts"]["tokenizer"]
+            try:
+                encoder = TextEncoder(tokenizer)
+            except Exception as exc:  # tokenizers raises a plain Exception on a bad file
+                raise ConfigError(f"{tokenizer}: cannot load the tokenizer ({exc})") from None
+        return cls(version_dir, manifest, session, encoder, artifact)
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; returns ``{output name: array}`` with the batch size of the input."""
+        checked = validate_inputs(self.name, self.inputs, inputs)
+        if self._encoder is not None:
+            feed = self._encoder.encode(decode_texts(checked[self.inputs[0].name]))
+            feed = {name: feed[name] for name in self._onnx_inputs}
+        else:
+            feed = {name: np.ascontiguousarray(checked[name]) for name in self._onnx_inputs}
+        results = self._session.run([spec.name for spec in self.outputs], feed)
+        pairs = zip(self.outputs, results, strict=True)
+        return {spec.name: np.asarray(out, dtype=np.float32) for spec, out in pairs}
+
+    def confidence(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Per-row top probability for a classifier; None for an embedding model."""
+        if self.task != "classification":
+            return None
+        return np.asarray(outputs[self.outputs[0].name]).max(axis=1)
+
+    def __repr__(self) -> str:
+        return f"EdgeModel({self.name!r}, version={self.version!r}, artifact={self.artifact!r})"
