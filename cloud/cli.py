@@ -41,7 +41,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "serve", help="serve the models until SIGTERM", description=__doc__.split("\n\n")[0]
     )
     serve.add_argument("--config", type=Path, help="fleet YAML; its cloud.serving section sets the defaults")
-    serve.add_argument("--listen", help="HOST:PORT for gRPC (default 127.0.0.1:8001; port 0 = any free port)")
+    serve.add_argument("--listen", help="HOST:PORT for gRPC (default 0.0.0.0:8001; port 0 = any free port)")
     serve.add_argument(
         "--models",
         type=Path,
@@ -55,7 +55,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--max-batch-size", type=int, help="most rows per model call (1 = no batching; default 32)"
     )
     serve.add_argument(
-        "--max-queue-delay-us", type=int, help="hold a follow-up batch this long for company (default 0)"
+        "--max-queue-delay-us", type=int, help="hold a follow-up batch this long for company (default 2000)"
     )
     serve.add_argument(
         "--max-queue-size", type=int, help="most queued requests per model before RESOURCE_EXHAUSTED"

@@ -24,7 +24,7 @@ from typing import Any
 from fogline.errors import ConfigError
 
 #: The port Triton and fogline use for gRPC inference.
-DEFAULT_LISTEN = "127.0.0.1:8001"
+DEFAULT_LISTEN = "0.0.0.0:8001"
 #: The port Triton uses for Prometheus metrics.
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -48,8 +48,8 @@ class ServingSettings:
     models_dir: Path | None = None  # None: $FOGLINE_MODELS or ./models
     device: str = "auto"  # auto = cuda when available, else cpu
     max_batch_size: int = 32
-    max_queue_delay_us: int = 0
-    max_queue_size: int = 256
+    max_queue_delay_us: int = 2000
+    max_queue_size: int = 1024
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     metrics_port: int | None = DEFAULT_METRICS_PORT  # None: no metrics endpoint; 0: any free port
     metrics_host: str = "0.0.0.0"
@@ -124,7 +124,8 @@ def settings_from_mapping(values: dict[str, Any], *, source: str = "settings") -
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(ServingSettings)})
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(FLEET_KEYS)}")
-    clean = {k: v for k, v in values.items() if v is not None}
+    # None means "default" for every key except metrics_port, where it turns the endpoint off.
+    clean = {k: v for k, v in values.items() if v is not None or k == "metrics_port"}
     if "models_dir" in clean:
         clean["models_dir"] = Path(str(clean["models_dir"]))
     try:
