@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -93,6 +94,13 @@ class TextFormatter(logging.Formatter):
 def _text_value(value: Any) -> str:
     text = str(value)
     return json.dumps(text) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
+
+
+def setup_logging_from_env(env: Mapping[str, str] | None = None, **kwargs: Any) -> logging.Handler:
+    """``setup_logging`` with ``FOGLINE_LOG_LEVEL`` (default INFO) and ``FOGLINE_LOG_FORMAT``
+    (default auto) from the environment, as the systemd unit sets them."""
+    env = os.environ if env is None else env
+    return setup_logging(env.get("FOGLINE_LOG_LEVEL", "INFO"), env.get("FOGLINE_LOG_FORMAT", "auto"), **kwargs)
 
 
 def setup_logging(level: str | int = "INFO", fmt: str = "auto", *, stream: IO[str] | None = None,

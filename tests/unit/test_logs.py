@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from agent.logs import JsonFormatter, setup_logging
+from agent.logs import JsonFormatter, setup_logging, setup_logging_from_env
 
 pytestmark = pytest.mark.unit
 
@@ -72,3 +72,11 @@ def test_auto_picks_json_off_a_terminal_and_bad_settings_are_refused(restore_roo
         setup_logging("INFO", "xml")
     with pytest.raises(ValueError, match="log level"):
         setup_logging("LOUD", "json")
+
+
+def test_environment_picks_level_and_format(restore_root):
+    out = io.StringIO()
+    setup_logging_from_env({"FOGLINE_LOG_LEVEL": "warning", "FOGLINE_LOG_FORMAT": "json"}, stream=out)
+    logging.getLogger("agent").info("hidden")
+    logging.getLogger("agent").warning("shown")
+    assert [json.loads(line)["msg"] for line in out.getvalue().splitlines()] == ["shown"]
