@@ -1,0 +1,461 @@
+"""The agent's one long-lived connection to the cloud tier.
+
+``CloudLink`` keeps a single ``ModelStreamInfer`` stream open to any Open Inference Protocol v2 server
+(fogline's cloud, Triton, KServe, MLServer: only standard calls are used) and multiplexes requests over
+it by request id. Around that stream it:
+
+- measures the round-trip time: every answer is an in-band sample (elapsed time minus the cloud's
+  reported ``compute_ms``, when it reports one); while no answers flow, light ``ServerReady`` probes on
+  the same connection keep the estimate fresh, so a device that moved all work to the edge still sees
+  the network recover;
+- tracks health with a circuit breaker (``agent.breaker``) and exposes it, with the RTT, as the
+  router's ``LinkView`` (``view(model)``);
+- fails every pending request at once with ``Unavailable`` when the stream breaks, stalls (an answer
+  overdue by ``request_timeout_ms``, or probes timing out) or the cloud reports an error, so the data
+  plane re-runs them on the edge without waiting;
+- reconnects in the background with capped exponential backoff and jitter, over a fresh channel with
+  HTTP/2 keepalive.
+
+Abandoned requests (the data plane stopped waiting and answered from the edge) stay pending until their
+answer arrives: that late answer is still a valid RTT sample, which is how the link learns how slow the
+network became.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from fogline import codec
+from fogline.errors import FoglineError, InvalidInput, Unavailable
+from fogline.inference import grpc_service_pb2 as pb
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
+
+from agent.breaker import BreakerState, CircuitBreaker
+from agent.router import LinkView
+from agent.rtt import RttEstimator, inband_sample_ms
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """How the link connects, probes and gives up (all times in ms)."""
+
+    endpoint: str
+    connect_timeout_ms: float = 1000.0
+    #: An answer overdue by this much means the stream stalled: it is torn down and rebuilt.
+    request_timeout_ms: float = 3000.0
+    keepalive_ms: float = 10000.0
+    keepalive_timeout_ms: float = 2000.0
+    probe_interval_ms: float = 200.0
+    probe_timeout_ms: float = 1000.0
+    max_probes_in_flight: int = 4
+    backoff_initial_ms: float = 100.0
+    backoff_max_ms: float = 2000.0
+    backoff_jitter: float = 0.2
+    failure_threshold: int = 3
+    breaker_open_ms: float = 500.0
+    rtt_alpha: float = 0.3
+
+    @classmethod
+    def from_config(cls, cloud: Any, routing: Any = None, **overrides: Any) -> LinkSettings:
+        """From the fleet config's ``cloud`` (and ``routing`` for the probe interval) objects."""
+        fields: dict[str, Any] = {"endpoint": getattr(cloud, "endpoint", None)}
+        for name in ("connect_timeout_ms", "request_timeout_ms"):
+            value = getattr(cloud, name, None)
+            if value is not None:
+                fields[name] = float(value)
+        keepalive = getattr(cloud, "keepalive", None)
+        if isinstance(keepalive, (int, float)) and not isinstance(keepalive, bool):
+            fields["keepalive_ms"] = float(keepalive)
+        elif keepalive is not None:
+            for src, dst in (("time_ms", "keepalive_ms"), ("interval_ms", "keepalive_ms"),
+                             ("timeout_ms", "keepalive_timeout_ms")):
+                value = getattr(keepalive, src, None)
+                if value is not None:
+                    fields[dst] = float(value)
+        interval = getattr(routing, "probe_interval_ms", None) if routing is not None else None
+        if interval is not None:
+            fields["probe_interval_ms"] = float(interval)
+        fields.update(overrides)
+        if not fields.get("endpoint"):
+            raise ValueError("the cloud link needs an endpoint (HOST:PORT)")
+        return cls(**fields)
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", int(self.keepalive_ms)),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_ms)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            # Each reconnect is ours to pace (backoff below); keep gRPC's own retry out of the way.
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", int(self.backoff_max_ms)),
+        ]
+
+
+@dataclass
+class CloudAnswer:
+    response: codec.InferResponse
+    elapsed_ms: float
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[CloudAnswer]
+    sent_at: float
+    model: str
+    client_id: str = ""
+
+
+@dataclass
+class LinkStats:
+    connects: int = 0
+    disconnects: int = 0
+    sent: int = 0
+    answered: int = 0
+    failed: int = 0
+    late: int = 0  # answers that arrived after the data plane stopped waiting
+    probes_ok: int = 0
+    probes_failed: int = 0
+    last_error: str = ""
+    history: list[str] = field(default_factory=list)
+
+
+def backoff_ms(attempt: int, initial_ms: float, max_ms: float, jitter: float, rng: random.Random) -> float:
+    """Delay before reconnect attempt ``attempt`` (0-based): doubling from ``initial_ms``, capped,
+    spread by +-``jitter`` so a fleet that lost the cloud together does not come back in lockstep."""
+    base = min(max_ms, initial_ms * (2 ** min(attempt, 30)))
+    return max(0.0, base * (1.0 + rng.uniform(-jitter, jitter)))
+
+
+class CloudLink:
+    """One multiplexed ``ModelStreamInfer`` stream to the cloud, kept alive and measured."""
+
+    def __init__(self, settings: LinkSettings, *, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.rtt = RttEstimator(alpha=settings.rtt_alpha)
+        self.breaker = CircuitBreaker(failure_threshold=settings.failure_threshold,
+                                      open_ms=settings.breaker_open_ms)
+        self.stats = LinkStats()
+        self._pending: dict[str, _Pending] = {}
+        self._probes: dict[int, float] = {}
+        self._ids = itertools.count(1)
+        self._compute_ms: dict[str, float] = {}
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
+        self._call: Any = None
+        self._connected = asyncio.Event()
+        self._broken: asyncio.Event = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._probe_tasks: set[asyncio.Task[Any]] = set()
+        self._last_probe_sent = -1e18
+        self._state = "connecting"
+        self._closing = False
+        self._broken_reason = ""
+
+    # ------------------------------------------------------------------ time
+    def now_ms(self) -> float:
+        return self._clock() * 1000.0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start connecting (in the background) and probing. Returns at once."""
+        self._tasks = [asyncio.create_task(self._connect_loop(), name="cloud-link"),
+                       asyncio.create_task(self._monitor_loop(), name="cloud-link-monitor")]
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def wait_usable(self, timeout_s: float) -> bool:
+        """Wait until the router would send traffic (connected, breaker closed, RTT measured)."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.view("").usable and self.rtt.smoothed_ms is not None:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in [*self._tasks, *self._probe_tasks]:
+            task.cancel()
+        for task in [*self._tasks, *self._probe_tasks]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._fail_all("the agent is shutting down")
+        await self._close_channel()
+
+    # ------------------------------------------------------------------ requests
+    def submit(self, request: codec.InferRequest) -> asyncio.Future[CloudAnswer]:
+        """Send one request; the future resolves with the answer or fails with ``Unavailable``
+        (link down, stream broken or stalled) or the cloud's own error. Never blocks."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[CloudAnswer] = loop.create_future()
+        if self._call is None or not self._connected.is_set():
+            future.set_exception(Unavailable(f"cloud link to {self.settings.endpoint} is {self._state}"))
+            return future
+        wire_id = f"fl-{next(self._ids)}"
+        msg = codec.request_to_proto(
+            codec.InferRequest(request.model_name, request.inputs, request.model_version, wire_id,
+                               {k: v for k, v in request.parameters.items() if k != "route"},
+                               list(request.outputs))
+        )
+        self._pending[wire_id] = _Pending(future, self.now_ms(), request.model_name, request.id)
+        self.stats.sent += 1
+        task = asyncio.create_task(self._write(self._call, msg, wire_id))
+        self._probe_tasks.add(task)
+        task.add_done_callback(self._probe_tasks.discard)
+        return future
+
+    async def _write(self, call: Any, msg: pb.ModelInferRequest, wire_id: str) -> None:
+        try:
+            async with self._write_lock:
+                if call is not self._call:
+                    raise Unavailable("the cloud stream was replaced before the request went out")
+                await call.write(msg)
+        except Exception as exc:  # the stream is gone; the reader will notice too
+            entry = self._pending.pop(wire_id, None)
+            if entry is not None and not entry.future.done():
+                entry.future.set_exception(Unavailable(f"cloud stream write failed: {_describe(exc)}"))
+            self._break(f"write failed: {_describe(exc)}")
+
+    # ------------------------------------------------------------------ router view
+    def view(self, model: str) -> LinkView:
+        now = self.now_ms()
+        snap = self.rtt.snapshot(now)
+        compute = self._compute_ms.get(model, 0.0)
+        outstanding = 0.0
+        for entry in self._pending.values():
+            outstanding = max(outstanding, now - entry.sent_at - self._compute_ms.get(entry.model, 0.0))
+        for sent in self._probes.values():
+            outstanding = max(outstanding, now - sent)
+        breaker = self.breaker.state(now)
+        if not self._connected.is_set():
+            usable, state = False, self._state
+        elif breaker is not BreakerState.CLOSED:
+            usable, state = False, "breaker_" + breaker.value
+        else:
+            usable, state = True, "ready"
+        return LinkView(usable=usable, state=state, rtt_ms=snap.smoothed_ms, rtt_high_ms=snap.high_ms,
+                        outstanding_ms=outstanding, cloud_compute_ms=compute)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ connection loop
+    async def _connect_loop(self) -> None:
+        attempt = 0
+        while not self._closing:
+            self._state = "connecting"
+            started = self.now_ms()
+            try:
+                await self._open()
+            except Exception as exc:
+                self.stats.last_error = _describe(exc)
+                self.breaker.record_failure(self.now_ms())
+                log.info("cloud %s: connect failed (%s)", self.settings.endpoint, self.stats.last_error)
+                await self._close_channel()
+                self._state = "down"
+                delay = backoff_ms(attempt, self.settings.backoff_initial_ms, self.settings.backoff_max_ms,
+                                   self.settings.backoff_jitter, self._rng)
+                attempt += 1
+                await asyncio.sleep(delay / 1000.0)
+                continue
+            self.stats.connects += 1
+            self._state = "ready"
+            self._connected.set()
+            log.info("cloud %s: stream open", self.settings.endpoint)
+            reason = await self._read_until_broken()
+            self._connected.clear()
+            self._state = "down"
+            self.stats.disconnects += 1
+            self.stats.last_error = reason
+            log.info("cloud %s: stream lost (%s)", self.settings.endpoint, reason)
+            self.breaker.trip(self.now_ms())
+            self._fail_all(f"cloud stream lost: {reason}")
+            await self._close_channel()
+            # A stream that lived a while resets the backoff; one that dies at once keeps growing it.
+            attempt = 0 if self.now_ms() - started > 2 * self.settings.backoff_max_ms else attempt + 1
+            delay = backoff_ms(attempt, self.settings.backoff_initial_ms, self.settings.backoff_max_ms,
+                               self.settings.backoff_jitter, self._rng)
+            await asyncio.sleep(delay / 1000.0)
+
+    async def _open(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.settings.endpoint,
+                                                  options=self.settings.channel_options())
+        await asyncio.wait_for(self._channel.channel_ready(), self.settings.connect_timeout_ms / 1000.0)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._call = self._stub.ModelStreamInfer()
+        self._broken = asyncio.Event()
+
+    async def _read_until_broken(self) -> str:
+        call = self._call
+        reader = asyncio.create_task(self._read_loop(call))
+        broken = asyncio.create_task(self._broken.wait())
+        done, _ = await asyncio.wait({reader, broken}, return_when=asyncio.FIRST_COMPLETED)
+        self._call = None
+        if reader in done:
+            broken.cancel()
+            return reader.result()
+        reader.cancel()
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        return self._broken_reason
+
+    async def _read_loop(self, call: Any) -> str:
+        try:
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    return "the cloud closed the stream"
+                self._on_message(msg)
+        except grpc.aio.AioRpcError as exc:
+            return _describe(exc)
+        except Exception as exc:
+            return _describe(exc)
+
+    def _break(self, reason: str) -> None:
+        if not self._broken.is_set():
+            self._broken_reason = reason
+            self._broken.set()
+
+    async def _close_channel(self) -> None:
+        self._call = None
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close(grace=None)
+
+    # ------------------------------------------------------------------ answers
+    def _on_message(self, msg: pb.ModelStreamInferResponse) -> None:
+        now = self.now_ms()
+        wire_id = msg.infer_response.id
+        entry = self._pending.pop(wire_id, None)
+        if entry is None and self._pending:
+            # A server that does not echo ids answers in order: match the oldest request.
+            oldest = min(self._pending, key=lambda k: self._pending[k].sent_at)
+            entry = self._pending.pop(oldest)
+        if entry is None:
+            return
+        if msg.error_message:
+            self.stats.failed += 1
+            self.breaker.record_failure(now)
+            if not entry.future.done():
+                entry.future.set_exception(Unavailable(f"cloud error: {msg.error_message}"))
+            return
+        try:
+            response = codec.response_from_proto(msg.infer_response)
+        except InvalidInput as exc:
+            if not entry.future.done():
+                entry.future.set_exception(Unavailable(f"cloud sent a malformed answer: {exc}"))
+            return
+        compute = response.parameters.get("compute_ms")
+        compute_ms = float(compute) if isinstance(compute, (int, float)) and not isinstance(compute, bool) \
+            else None
+        self.rtt.observe(inband_sample_ms(entry.sent_at, now, compute_ms), now)
+        if compute_ms is not None:
+            previous = self._compute_ms.get(entry.model)
+            self._compute_ms[entry.model] = compute_ms if previous is None else previous + 0.3 * (
+                compute_ms - previous)
+        self.breaker.record_success(now)
+        self.stats.answered += 1
+        response.id = entry.client_id
+        if entry.future.done():
+            self.stats.late += 1
+        else:
+            entry.future.set_result(CloudAnswer(response, now - entry.sent_at))
+
+    def _fail_all(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            self.stats.failed += 1
+            if not entry.future.done():
+                entry.future.set_exception(Unavailable(reason))
+        self._probes.clear()
+
+    # ------------------------------------------------------------------ probes and stall detection
+    async def _monitor_loop(self) -> None:
+        tick = max(0.01, min(self.settings.probe_interval_ms, 100.0) / 2000.0)
+        while not self._closing:
+            await asyncio.sleep(tick)
+            if not self._connected.is_set():
+                continue
+            now = self.now_ms()
+            overdue = [e for e in self._pending.values() if now - e.sent_at > self.settings.request_timeout_ms]
+            if overdue:
+                self._break(f"no answer for {self.settings.request_timeout_ms:.0f} ms (stream stalled)")
+                continue
+            last = max(self._last_probe_sent, self.rtt.last_sample_at or -1e18)
+            if now - last >= self.settings.probe_interval_ms and \
+                    len(self._probes) < self.settings.max_probes_in_flight:
+                self._last_probe_sent = now
+                task = asyncio.create_task(self._probe())
+                self._probe_tasks.add(task)
+                task.add_done_callback(self._probe_tasks.discard)
+
+    async def _probe(self) -> None:
+        stub = self._stub
+        if stub is None:
+            return
+        probe_id = next(self._ids)
+        sent = self.now_ms()
+        self._probes[probe_id] = sent
+        try:
+            reply = await stub.ServerReady(pb.ServerReadyRequest(),
+                                           timeout=self.settings.probe_timeout_ms / 1000.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._probes.pop(probe_id, None) is None:
+                return  # the stream this probe belonged to is already gone
+            now = self.now_ms()
+            self.stats.probes_failed += 1
+            self.breaker.record_failure(now)
+            if self.breaker.state(now) is not BreakerState.CLOSED:
+                self._break(f"probes failing ({_describe(exc)})")
+            return
+        if self._probes.pop(probe_id, None) is None:
+            return
+        now = self.now_ms()
+        self.rtt.observe(max(0.0, now - sent), now)
+        if reply.ready:
+            self.stats.probes_ok += 1
+            self.breaker.record_success(now)
+        else:
+            self.stats.probes_failed += 1
+            self.breaker.record_failure(now)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, FoglineError):
+        return str(exc)
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"

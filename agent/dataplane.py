@@ -1,0 +1,213 @@
+"""The agent's request flow, free of any transport: route, run, fall back, answer.
+
+``DataPlane.infer(request)`` is what both the unary and the streaming gRPC handlers call:
+
+1. validate the request parameters (``route``, ``deadline_ms``; the deadline defaults to the SLO);
+2. snapshot what is known (the cloud link's ``LinkView``, the edge runner's ``EdgeView``, the router's
+   memory) and ask the pure router (``agent.router.decide``) for a tier and a reason;
+3. edge: run the INT8 model locally;
+   cloud: send it over the cloud link and wait, at most until ``edge_start_by_ms`` (the last moment
+   the edge can still make the deadline). If the cloud answers in time, that answer is returned. If it
+   fails (stream broken, cloud error) the edge runs at once; if it is late the edge starts and the
+   first of the two answers wins. Either way the client gets an answer, marked ``fallback=true`` when
+   the edge stood in;
+4. every response carries ``served_by``, ``route_reason``, ``fallback`` and ``model_version``.
+
+Requests with malformed inputs fail with ``InvalidInput`` before any tier is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fogline import codec
+from fogline.errors import InvalidInput, ModelNotFound, Unavailable
+
+from agent.edge_pool import EdgePool, EdgeRunner
+from agent.router import (
+    Decision,
+    EdgeView,
+    LinkView,
+    Observation,
+    RequestView,
+    RouterMemory,
+    RoutingPolicy,
+    Tier,
+    decide,
+)
+
+NO_LINK = LinkView(usable=False, state="not_configured")
+
+
+@dataclass
+class DataPlaneStats:
+    """Counters the metrics endpoint, the demo and the tests read."""
+
+    requests: int = 0
+    errors: int = 0
+    served_by: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    fallbacks: int = 0
+
+
+class DataPlane:
+    """Routes each request to the edge or the cloud and always produces an answer (or a clear error)."""
+
+    def __init__(self, edge: EdgePool, link: object | None, policy: RoutingPolicy, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.edge = edge
+        self.link = link  # a CloudLink, or None for a device without a cloud
+        self.policy = policy
+        self.memory = RouterMemory()
+        self.stats = DataPlaneStats()
+        self._clock = clock
+
+    # ------------------------------------------------------------------ the request flow
+    async def infer(self, request: codec.InferRequest) -> codec.InferResponse:
+        started = self._clock()
+        self.stats.requests += 1
+        try:
+            route = codec.route_of(request.parameters)
+            deadline_ms = codec.deadline_ms_of(request.parameters)
+            budget = float(deadline_ms) if deadline_ms is not None else self.policy.slo_ms
+            runner = self.edge.get(request.model_name, request.model_version)
+            if runner is None and self.link is None:
+                self.edge.require(request.model_name, request.model_version)  # raises ModelNotFound
+            if runner is not None:
+                self._check_inputs(runner, request)
+            decision = self._decide(request.model_name, route, budget, runner)
+            response = await self._execute(request, decision, runner, started, budget)
+        except Exception:
+            self.stats.errors += 1
+            raise
+        self.stats.served_by[str(response.parameters.get("served_by"))] += 1
+        self.stats.reasons[str(response.parameters.get("route_reason"))] += 1
+        if response.parameters.get("fallback"):
+            self.stats.fallbacks += 1
+        return response
+
+    def _decide(self, model: str, route: str, budget_ms: float, runner: EdgeRunner | None) -> Decision:
+        link_view = self.link.view(model) if self.link is not None else NO_LINK
+        edge_view = runner.view() if runner is not None else EdgeView(available=False)
+        decision = decide(self.policy, Observation(link_view, edge_view, self.memory),
+                          RequestView(model=model, route=route, deadline_ms=budget_ms))
+        self.memory = decision.memory
+        return decision
+
+    async def _execute(self, request: codec.InferRequest, decision: Decision, runner: EdgeRunner | None,
+                       started: float, budget_ms: float) -> codec.InferResponse:
+        if decision.tier is Tier.EDGE:
+            response = await self._run_edge(request, runner, decision.reason, decision.fallback)
+            if decision.escalate_below is not None:
+                response = await self._maybe_escalate(request, response, runner, decision, started, budget_ms)
+            return response
+        if self.link is None:
+            raise Unavailable("no cloud is configured and the model is not served on this device")
+        future = self.link.submit(request)  # type: ignore[attr-defined]
+        try:
+            return await self._await_cloud(request, decision, runner, future, started)
+        finally:
+            if not future.done():
+                # Nobody waits any more; the link keeps the entry until the late answer (an RTT sample).
+                future.add_done_callback(_consume)
+
+    async def _await_cloud(self, request: codec.InferRequest, decision: Decision, runner: EdgeRunner | None,
+                           future: asyncio.Future, started: float) -> codec.InferResponse:
+        start_by = decision.edge_start_by_ms
+        if start_by is not None and runner is not None:
+            remaining = start_by / 1000.0 - (self._clock() - started)
+            if remaining > 0:
+                await asyncio.wait({future}, timeout=remaining)
+        else:
+            await asyncio.wait({future})
+        if future.done():
+            cloud_error = future.exception()
+            if cloud_error is None:
+                return self._cloud_response(request, future.result().response, decision.reason, decision.fallback)
+            if runner is None:
+                raise Unavailable(f"the cloud failed ({cloud_error}) and the model is not served on this device")
+            return await self._run_edge(request, runner, "cloud_error", True)
+        # The cloud is late: start the edge now, and take whichever answer comes first.
+        edge_task = asyncio.ensure_future(self._run_edge(request, runner, "cloud_late", True))
+        done, _ = await asyncio.wait({future, edge_task}, return_when=asyncio.FIRST_COMPLETED)
+        if future in done and future.exception() is None and not edge_task.done():
+            edge_task.add_done_callback(_consume)
+            return self._cloud_response(request, future.result().response, decision.reason, decision.fallback)
+        return await edge_task
+
+    async def _maybe_escalate(self, request: codec.InferRequest, response: codec.InferResponse,
+                              runner: EdgeRunner | None, decision: Decision, started: float,
+                              budget_ms: float) -> codec.InferResponse:
+        """Cascade: a low-confidence edge answer goes to the cloud if time is left; else it stands."""
+        if runner is None or self.link is None or decision.escalate_below is None:
+            return response
+        confidence = runner.model.confidence(response.outputs)
+        if confidence is None or float(min(confidence)) >= decision.escalate_below:
+            return response
+        remaining_ms = budget_ms - (self._clock() - started) * 1000.0
+        if remaining_ms <= 0:
+            return response
+        future = self.link.submit(request)  # type: ignore[attr-defined]
+        await asyncio.wait({future}, timeout=remaining_ms / 1000.0)
+        if future.done() and future.exception() is None:
+            return self._cloud_response(request, future.result().response, "cascade_escalated", False)
+        future.add_done_callback(_consume)
+        return response
+
+    # ------------------------------------------------------------------ tiers
+    async def _run_edge(self, request: codec.InferRequest, runner: EdgeRunner | None, reason: str,
+                        fallback: bool) -> codec.InferResponse:
+        if runner is None:
+            raise ModelNotFound(f"model {request.model_name!r} is not served on this device")
+        outputs = await runner.predict(request.inputs)
+        return codec.InferResponse(
+            model_name=request.model_name,
+            outputs=_select(outputs, request.outputs),
+            model_version=runner.version,
+            id=request.id,
+            parameters={"served_by": "edge", "route_reason": reason, "fallback": fallback,
+                        "model_version": runner.version},
+        )
+
+    def _cloud_response(self, request: codec.InferRequest, answer: codec.InferResponse, reason: str,
+                        fallback: bool) -> codec.InferResponse:
+        version = answer.model_version or str(answer.parameters.get("model_version", ""))
+        return codec.InferResponse(
+            model_name=request.model_name,
+            outputs=_select(answer.outputs, request.outputs),
+            model_version=version,
+            id=request.id,
+            parameters={"served_by": "cloud", "route_reason": reason, "fallback": fallback,
+                        "model_version": version},
+        )
+
+    @staticmethod
+    def _check_inputs(runner: EdgeRunner, request: codec.InferRequest) -> None:
+        """Refuse malformed inputs up front, with the same checks the models apply."""
+        from edge_models.spec import validate_inputs
+
+        validate_inputs(runner.name, runner.model.inputs, request.inputs)
+        known = {spec.name for spec in runner.model.outputs}
+        for name in request.outputs:
+            if name not in known:
+                raise InvalidInput(f"model {runner.name!r} has no output {name!r}; it has {', '.join(sorted(known))}")
+
+
+def _select(outputs: dict, wanted: list[str]) -> dict:
+    if not wanted:
+        return dict(outputs)
+    missing = [name for name in wanted if name not in outputs]
+    if missing:
+        raise InvalidInput(f"requested outputs {missing} are not produced; available: {sorted(outputs)}")
+    return {name: outputs[name] for name in wanted}
+
+
+def _consume(future: asyncio.Future) -> None:
+    """Retrieve an abandoned future's outcome so asyncio does not log it as never retrieved."""
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        future.exception()

@@ -1,0 +1,241 @@
+"""The local (edge) tier: INT8 models run by onnxruntime off the event loop, with micro-batching.
+
+``EdgeRunner`` wraps one loaded ``EdgeModel``. Requests for it wait in an asyncio queue; each of its
+``workers`` worker tasks takes the first waiting request plus whatever else is already queued (up to
+``max_batch`` rows, optionally waiting ``max_delay_ms`` for company), concatenates them along the batch
+axis, runs one ``predict`` in a thread and hands each request its rows. Concurrent requests therefore
+share one onnxruntime call instead of queueing behind each other.
+
+The runner also measures itself for the router: ``queue_depth`` (requests waiting or running) and
+``service_ms`` (a moving average of how long one call takes once it starts), which together predict
+how long a new request would take here (``EdgeView``).
+
+``EdgePool`` holds the runners of every model the device serves. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fogline.errors import InvalidInput, ModelNotFound
+
+from agent.router import EdgeView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    future: asyncio.Future[dict[str, np.ndarray]]
+
+
+def warmup_inputs(specs: Iterable[Any]) -> dict[str, np.ndarray]:
+    """A one-row batch matching the model's input specs (text for BYTES, zeros otherwise)."""
+    out: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape = [1 if d < 0 else d for d in spec.shape]
+        if spec.datatype == "BYTES":
+            arr = np.empty(shape, dtype=object)
+            arr.fill(b"fogline warm-up")
+            out[spec.name] = arr
+        else:
+            out[spec.name] = np.zeros(shape, dtype=np.float32 if spec.datatype == "FP32" else np.int64)
+    return out
+
+
+class EdgeRunner:
+    """One edge model, its request queue, its workers and its service-time estimate."""
+
+    def __init__(self, model: Any, executor: ThreadPoolExecutor, *, workers: int = 1, max_batch: int = 8,
+                 max_delay_ms: float = 0.0, initial_service_ms: float = 10.0, alpha: float = 0.2) -> None:
+        self.model = model
+        self.name: str = model.name
+        self.version: str = str(model.version)
+        self.workers = max(1, workers)
+        self.max_batch = max(1, max_batch)
+        self.max_delay_ms = max(0.0, max_delay_ms)
+        self.service_ms = initial_service_ms
+        self._alpha = alpha
+        self._executor = executor
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._in_flight = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.calls = 0
+        self.rows = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, warmup: bool = True) -> None:
+        if warmup:
+            # First calls are slow (allocation, graph caches); pay that before serving and seed the estimate.
+            sample = warmup_inputs(self.model.inputs)
+            loop = asyncio.get_running_loop()
+            for i in range(3):
+                started = time.perf_counter()
+                await loop.run_in_executor(self._executor, self.model.predict, sample)
+                if i > 0:
+                    self._observe((time.perf_counter() - started) * 1000.0, first=(i == 1))
+        self._tasks = [asyncio.create_task(self._worker(), name=f"edge-{self.name}-{i}")
+                       for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.cancel()
+
+    # ------------------------------------------------------------------ serving
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize() + self._in_flight
+
+    def view(self) -> EdgeView:
+        return EdgeView(available=True, queue_depth=self.queue_depth, workers=self.workers,
+                        service_ms=self.service_ms)
+
+    async def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one request (a batch of rows) through the model; raises what the model raises."""
+        rows = _rows_of(inputs)
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(inputs, rows, future))
+        return await asyncio.shield(future)
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            self._in_flight += 1
+            try:
+                if self.max_delay_ms > 0 and self._queue.empty() and self.max_batch > 1:
+                    await asyncio.sleep(self.max_delay_ms / 1000.0)
+                rows = first.rows
+                while not self._queue.empty() and len(batch) < self.max_batch:
+                    nxt = self._queue._queue[0]  # type: ignore[attr-defined]  # peek without taking
+                    if rows + nxt.rows > self.max_batch or not _compatible(first, nxt):
+                        break
+                    batch.append(self._queue.get_nowait())
+                    self._in_flight += 1
+                    rows += nxt.rows
+                await self._run(loop, batch)
+            finally:
+                self._in_flight -= len(batch)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
+        if len(batch) == 1:
+            merged = batch[0].inputs
+        else:
+            merged = {k: np.concatenate([job.inputs[k] for job in batch], axis=0) for k in batch[0].inputs}
+        started = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.model.predict, merged)
+        except InvalidInput as exc:
+            if len(batch) == 1:
+                _fail(batch[0], exc)
+                return
+            # One bad request must not sink the others: run each on its own.
+            for job in batch:
+                await self._run(loop, [job])
+            return
+        except Exception as exc:
+            for job in batch:
+                _fail(job, exc)
+            return
+        self._observe((time.perf_counter() - started) * 1000.0)
+        self.calls += 1
+        offset = 0
+        for job in batch:
+            part = {k: v[offset : offset + job.rows] for k, v in outputs.items()}
+            offset += job.rows
+            self.rows += job.rows
+            if not job.future.done():
+                job.future.set_result(part)
+
+    def _observe(self, ms: float, first: bool = False) -> None:
+        self.service_ms = ms if first else self.service_ms + self._alpha * (ms - self.service_ms)
+
+
+def _fail(job: _Job, exc: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)
+
+
+def _rows_of(inputs: dict[str, np.ndarray]) -> int:
+    if not inputs:
+        raise InvalidInput("the request has no inputs")
+    first = next(iter(inputs.values()))
+    return int(first.shape[0]) if first.ndim > 0 else 1
+
+
+def _compatible(a: _Job, b: _Job) -> bool:
+    """Two requests can share one call when they carry the same tensors with the same row shapes."""
+    if a.inputs.keys() != b.inputs.keys():
+        return False
+    for name, arr in a.inputs.items():
+        other = b.inputs[name]
+        if arr.ndim == 0 or other.ndim == 0 or arr.shape[1:] != other.shape[1:] or arr.dtype != other.dtype:
+            return False
+    return True
+
+
+class EdgePool:
+    """Every edge model of the device, sharing one thread pool."""
+
+    def __init__(self, runners: dict[str, EdgeRunner], executor: ThreadPoolExecutor) -> None:
+        self.runners = runners
+        self._executor = executor
+
+    @classmethod
+    def load(cls, models_dir: Path, models: Iterable[tuple[str, str | None]], *, threads: int = 1,
+             workers: int = 1, max_batch: int = 8, max_delay_ms: float = 0.0,
+             intra_op_threads: int = 1) -> EdgePool:
+        """Load ``(name, version or None for newest)`` from the repository at ``models_dir``."""
+        from edge_models.edge_runtime import EdgeModel
+        from edge_models.repository import ModelRepository
+
+        repo = ModelRepository(Path(models_dir))
+        executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="edge")
+        runners: dict[str, EdgeRunner] = {}
+        for name, version in models:
+            model = EdgeModel.load(repo.resolve(name, version), intra_op_threads=intra_op_threads)
+            runners[name] = EdgeRunner(model, executor, workers=workers, max_batch=max_batch,
+                                       max_delay_ms=max_delay_ms)
+        return cls(runners, executor)
+
+    async def start(self, warmup: bool = True) -> None:
+        for runner in self.runners.values():
+            await runner.start(warmup)
+
+    async def stop(self) -> None:
+        for runner in self.runners.values():
+            await runner.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def get(self, name: str, version: str = "") -> EdgeRunner | None:
+        runner = self.runners.get(name)
+        if runner is None or (version and version != runner.version):
+            return None
+        return runner
+
+    def require(self, name: str, version: str = "") -> EdgeRunner:
+        runner = self.get(name, version)
+        if runner is None:
+            served = ", ".join(f"{r.name} (version {r.version})" for r in self.runners.values()) or "none"
+            wanted = f"{name!r}" + (f" version {version!r}" if version else "")
+            raise ModelNotFound(f"model {wanted} is not served by this agent; it serves: {served}")
+        return runner

@@ -1,0 +1,148 @@
+"""Assembling the agent: edge models, cloud link, data plane and the gRPC server around them.
+
+``create_server(device_config, ...)`` loads the device's edge models, builds the cloud link and the
+data plane, and binds a ``grpc.aio`` server (v2 inference, ``grpc.health.v1``, reflection) to the
+device's listen address; it returns the ``AgentServer`` and the bound port. Nothing is served until
+``await server.start()``, which warms the models up and opens the cloud stream.
+
+``await server.stop(grace)`` is what SIGTERM triggers: readiness and health go NOT_SERVING, streams
+stop taking new requests, everything in flight is answered (at most ``grace`` seconds), then the cloud
+link and the model threads are released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+from fogline.errors import ConfigError
+from fogline.inference import grpc_service_pb2 as pb
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from agent.cloud_link import MAX_MESSAGE_BYTES, CloudLink, LinkSettings
+from agent.dataplane import DataPlane
+from agent.edge_pool import EdgePool
+from agent.router import RoutingPolicy
+from agent.servicer import AgentServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+class AgentServer:
+    """The running parts of one agent, started and stopped together."""
+
+    def __init__(self, server: grpc.aio.Server, servicer: AgentServicer, health: HealthServicer,
+                 dataplane: DataPlane, link: CloudLink | None, *, warmup: bool = True) -> None:
+        self.grpc_server = server
+        self.servicer = servicer
+        self.health = health
+        self.dataplane = dataplane
+        self.link = link
+        self._warmup = warmup
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    async def start(self) -> None:
+        await self.dataplane.edge.start(warmup=self._warmup)
+        if self.link is not None:
+            await self.link.start()
+        await self.grpc_server.start()
+        self.servicer.ready = True
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Drain: refuse new work, answer what is in flight (at most ``grace`` s), release everything."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self.servicer.drain_event.set()
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        if self.link is not None:
+            await self.link.close()
+        await self.dataplane.edge.stop()
+        self._stopped.set()
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"listen address {address!r} must be HOST:PORT (port 0 picks a free one)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def create_server(device_config: Any, *, listen: str | None = None, cloud: str | None = None,
+                  models_dir: str | Path | None = None, edge: EdgePool | None = None,
+                  link_overrides: dict[str, Any] | None = None, threads: int | None = None,
+                  warmup: bool = True) -> tuple[AgentServer, int]:
+    """Build the agent for one device of the fleet config; returns the server and its bound port.
+
+    ``listen``, ``cloud`` (HOST:PORT, or "" for no cloud at all) and ``models_dir`` override the
+    config, as the command-line flags do. ``edge`` passes already loaded models (tests share them).
+    Call from inside the event loop that will run the server.
+    """
+    routing = getattr(device_config, "routing", None)
+    policy = RoutingPolicy.from_config(routing) if routing is not None else RoutingPolicy()
+    if edge is None:
+        edge = load_edge(device_config, models_dir=models_dir, threads=threads)
+    link = None
+    cloud_cfg = getattr(device_config, "cloud", None)
+    endpoint = cloud if cloud is not None else getattr(cloud_cfg, "endpoint", None)
+    if endpoint:
+        overrides = dict(link_overrides or {})
+        overrides["endpoint"] = endpoint
+        link = CloudLink(LinkSettings.from_config(cloud_cfg, routing, **overrides))
+    dataplane = DataPlane(edge, link, policy)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ])
+    device_id = getattr(device_config, "device_id", None)
+    servicer = AgentServicer(dataplane, name=f"fogline-agent/{device_id}" if device_id else "fogline-agent")
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = listen or getattr(device_config, "listen", None) or "127.0.0.1:8500"
+    host, port = _split_host_port(str(address))
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc}); is another process using it?") from None
+    if bound == 0:
+        raise ConfigError(f"cannot listen on {host}:{port}; is another process using it?")
+    return AgentServer(server, servicer, health, dataplane, link, warmup=warmup), bound
+
+
+def load_edge(device_config: Any, *, models_dir: str | Path | None = None, threads: int | None = None) -> EdgePool:
+    """Load the device's edge models as its config lists them (name and optional pinned version)."""
+    from edge_models.repository import default_models_dir
+
+    root = Path(models_dir or getattr(device_config, "models_dir", None) or default_models_dir())
+    refs = getattr(device_config, "models", None) or ()
+    wanted = [(ref.name, getattr(ref, "version", None)) if not isinstance(ref, str) else (ref, None)
+              for ref in refs]
+    if not wanted:
+        raise ConfigError("the device lists no models to serve")
+    batching = getattr(device_config, "batching", None)
+    max_batch = int(getattr(batching, "max_batch_size", 8) or 8)
+    delay = float(getattr(batching, "max_queue_delay_ms", 0.0) or 0.0)
+    n = threads or 2
+    return EdgePool.load(root, wanted, threads=n, workers=n, max_batch=max_batch, max_delay_ms=delay)

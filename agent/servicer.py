@@ -1,0 +1,135 @@
+"""The agent's v2 (KServe / Triton) gRPC servicer: protobuf in, ``DataPlane`` call, protobuf out.
+
+Every handler is thin: decode with ``fogline.codec``, call the transport-free core, encode the answer.
+Failures become gRPC statuses in one place (``fogline.errors.status_of``). ``ModelStreamInfer`` accepts
+many requests in flight on one stream and writes each response as soon as it is ready (not in request
+order); a failed request becomes a stream response with ``error_message`` set and the request's id,
+as Triton does, and the stream carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from fogline import __version__, codec
+from fogline.errors import status_of
+from fogline.inference import grpc_service_pb2 as pb
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
+
+from agent.dataplane import DataPlane
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` backed by the agent's data plane."""
+
+    def __init__(self, dataplane: DataPlane, *, name: str = "fogline-agent") -> None:
+        self.dataplane = dataplane
+        self.name = name
+        self.ready = False
+        self.drain_event = asyncio.Event()
+
+    # ------------------------------------------------------------------ health and metadata
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.ready and not self.drain_event.is_set())
+
+    async def ModelReady(self, request, context):
+        ready = self.dataplane.edge.get(request.name, request.version) is not None
+        return pb.ModelReadyResponse(ready=ready and self.ready and not self.drain_event.is_set())
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=self.name, version=__version__, extensions=[])
+
+    async def ModelMetadata(self, request, context):
+        try:
+            runner = self.dataplane.edge.require(request.name, request.version)
+        except Exception as exc:
+            await _abort(context, exc)
+        model = runner.model
+        return pb.ModelMetadataResponse(
+            name=runner.name,
+            versions=[runner.version],
+            platform="onnxruntime_onnx",
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=list(s.shape))
+                    for s in model.inputs],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=list(s.shape))
+                     for s in model.outputs],
+        )
+
+    # ------------------------------------------------------------------ inference
+    async def ModelInfer(self, request, context):
+        if self.drain_event.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the agent is shutting down; retry on another")
+        try:
+            response = await self.dataplane.infer(codec.request_from_proto(request))
+            return codec.response_to_proto(response)
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        out: asyncio.Queue[object] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(msg: pb.ModelInferRequest) -> None:
+            try:
+                response = await self.dataplane.infer(codec.request_from_proto(msg))
+                await out.put(pb.ModelStreamInferResponse(infer_response=codec.response_to_proto(response)))
+            except Exception as exc:
+                code, text = status_of(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("request %r failed", msg.id)
+                await out.put(pb.ModelStreamInferResponse(
+                    error_message=f"[{code.name}] {text}",
+                    infer_response=pb.ModelInferResponse(model_name=msg.model_name,
+                                                         model_version=msg.model_version, id=msg.id),
+                ))
+
+        async def read() -> None:
+            async for msg in request_iterator:
+                if self.drain_event.is_set():
+                    break
+                task = asyncio.create_task(answer(msg))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        reader = asyncio.create_task(read())
+        drain = asyncio.create_task(self.drain_event.wait())
+        getter: asyncio.Task[object] | None = None
+        try:
+            while True:
+                if getter is None:
+                    getter = asyncio.create_task(out.get())
+                waiting = {getter} if reader.done() else {getter, reader, drain}
+                if reader.done() and not tasks and out.empty() and not getter.done():
+                    break
+                done, _ = await asyncio.wait(waiting | set(tasks), return_when=asyncio.FIRST_COMPLETED)
+                if drain in done and not reader.done():
+                    reader.cancel()  # stop taking new requests; answer what is in flight
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await reader
+                if getter in done:
+                    yield getter.result()
+                    getter = None
+        finally:
+            for task in (reader, drain, getter):
+                if task is not None and not task.done():
+                    task.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    code, text = status_of(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("internal error: %s", text, exc_info=exc)
+    await context.abort(code, text)
