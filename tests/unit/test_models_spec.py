@@ -1,0 +1,94 @@
+"""Input validation shared by the edge and full runtimes (edge_models.spec), and the fidelity maths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fogline.errors import InvalidInput
+
+from edge_models.fidelity import embedding_fidelity, gate_failures, nearest_neighbours
+from edge_models.spec import DIGITS_INPUTS, MINILM_INPUTS, TensorSpec, validate_inputs
+
+pytestmark = pytest.mark.unit
+
+
+def _text(*items: bytes) -> np.ndarray:
+    return np.array(list(items), dtype=object)
+
+
+def test_tensor_spec_round_trips_and_matches_variable_dims() -> None:
+    spec = TensorSpec("image", "FP32", (-1, 8, 8))
+    assert TensorSpec.from_dict(spec.to_dict()) == spec
+    assert spec.accepts_shape((3, 8, 8))
+    assert not spec.accepts_shape((3, 8))
+    assert not spec.accepts_shape((3, 8, 9))
+    with pytest.raises(ValueError, match="unsupported datatype"):
+        TensorSpec("x", "FLOAT", (1,))
+
+
+def test_valid_batches_pass_through() -> None:
+    images = np.zeros((2, 8, 8), dtype=np.float32)
+    assert validate_inputs("digits", DIGITS_INPUTS, {"image": images})["image"] is images
+    texts = _text(b"hello", "caf\u00e9".encode())
+    assert validate_inputs("minilm", MINILM_INPUTS, {"text": texts})["text"] is texts
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"image": np.zeros((2, 8, 8), dtype=np.float64)}, "dtype float64, expected FP32"),
+        ({"image": np.zeros((2, 64), dtype=np.float32)}, r"shape \[2, 64\], expected \[N,8,8\]"),
+        ({"image": np.zeros((0, 8, 8), dtype=np.float32)}, "empty batch"),
+        ({"image": np.full((1, 8, 8), 17.0, dtype=np.float32)}, "0..16"),
+        ({"image": np.full((1, 8, 8), np.nan, dtype=np.float32)}, "NaN"),
+        ({}, "missing input tensor 'image'"),
+        ({"image": np.zeros((1, 8, 8), np.float32), "extra": np.zeros(1)}, "unexpected input"),
+        ({"image": [[0.0] * 8] * 8}, "must be a numpy array"),
+    ],
+)
+def test_digits_refuses_bad_images(inputs: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        validate_inputs("digits", DIGITS_INPUTS, inputs)
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.array(["a string, not bytes"]), r"dtype <U\d+, expected BYTES"),
+        (_text(b"ok", "not bytes"), "element 1 of 'text' is str"),
+        (_text(b"\xff\xfe broken"), "not valid UTF-8"),
+        (_text(b"x" * (64 * 1024 + 1)), "the limit is 65536"),
+        (np.array([[b"a"], [b"b"]], dtype=object), r"expected \[N\]"),
+    ],
+)
+def test_minilm_refuses_bad_text(array: np.ndarray, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        validate_inputs("minilm", MINILM_INPUTS, {"text": array})
+
+
+def test_batch_limit() -> None:
+    with pytest.raises(InvalidInput, match="exceeds the limit"):
+        validate_inputs("digits", DIGITS_INPUTS, {"image": np.zeros((1025, 8, 8), np.float32)})
+
+
+def test_fidelity_of_identical_and_perturbed_embeddings() -> None:
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(50, 16))
+    same = embedding_fidelity(ref, ref.copy())
+    assert same["cosine_mean"] == pytest.approx(1.0) and same["nn_agreement"] == 1.0
+    noisy = embedding_fidelity(ref, ref + rng.normal(scale=2.0, size=ref.shape))
+    assert noisy["cosine_mean"] < 0.9 and noisy["nn_agreement"] < 1.0
+    failures = gate_failures("minilm", noisy)
+    assert any("mean cosine" in f for f in failures)
+
+
+def test_nearest_neighbours_never_picks_self() -> None:
+    e = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    assert list(nearest_neighbours(e)) == [1, 0, 1]
+
+
+def test_digits_gate_counts_points() -> None:
+    ok = {"fp32_onnx_accuracy": 0.98, "int8_accuracy": 0.975}
+    bad = {"fp32_onnx_accuracy": 0.98, "int8_accuracy": 0.965}
+    assert gate_failures("digits", ok) == []
+    assert "1.50 points below" in gate_failures("digits", bad)[0]
