@@ -1,0 +1,276 @@
+"""Reading a fleet file into plain Python data that remembers where every key and value was written.
+
+PyYAML's ``safe_load`` forgets positions, so this module composes the YAML node tree (which carries
+line/column marks) and walks it itself, building dicts, lists and scalars while recording, for every
+key path, the position of the key and of its value. Along the way it:
+
+- fills in ``${NAME}`` environment references (see ``interpolate``); an unquoted value that was only
+  a reference is typed after substitution, so ``port: ${METRICS_PORT:-9100}`` gives the integer 9100;
+- applies YAML merge keys (``<<: *anchor``), so operators can share blocks with anchors;
+- reports duplicate keys, non-string keys and unknown tags, which ``safe_load`` silently accepts or
+  turns into tracebacks;
+- turns every syntax error (including tab indentation), an empty, binary or non-UTF-8 file and a top
+  level that is not a mapping into a ``Problem`` with a position, never an exception.
+
+Positions here are 0-based as in PyYAML; ``Document.position`` returns them 1-based for messages.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
+
+from agent.config.errors import KeyPath, Problem
+from agent.config.interpolate import interpolate
+
+#: Walking stops after this many nodes, so alias bombs (``&a [*b, *b, ...]``) cannot exhaust memory.
+MAX_NODES = 200_000
+
+
+@dataclass
+class Document:
+    """A parsed fleet file: its data, the positions of its keys and values, and what went wrong."""
+
+    source: str
+    data: Any = None
+    key_marks: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    value_marks: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    #: Paths whose value still holds an unresolved ``${...}``; later checks skip them (already reported).
+    unresolved: set[KeyPath] = field(default_factory=set)
+
+    def position(self, path: KeyPath, *, at_key: bool = False) -> tuple[int, int]:
+        """1-based (line, column) of ``path``, or of its closest written ancestor when it is not written.
+
+        ``at_key`` points at the key (for "unknown key" messages) instead of the value.
+        """
+        for end in range(len(path), -1, -1):
+            prefix = path[:end]
+            marks = self.key_marks if at_key and end == len(path) else self.value_marks
+            mark = marks.get(prefix) or self.key_marks.get(prefix)
+            if mark is not None:
+                return mark[0] + 1, mark[1] + 1
+        return 1, 1
+
+    def add(self, path: KeyPath, message: str, *, at_key: bool = False) -> None:
+        line, column = self.position(path, at_key=at_key)
+        self.problems.append(Problem(self.source, line, column, path, message))
+
+
+def read_document(data: bytes | str, source: str, env: Mapping[str, str]) -> Document:
+    """Parse ``data`` (the file's bytes or text); problems are collected in ``Document.problems``."""
+    doc = Document(source)
+    text = _decode(data, doc)
+    if text is None:
+        return doc
+    if not text.strip() or all(
+        not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()
+    ):
+        doc.problems.append(
+            Problem(
+                source,
+                0,
+                0,
+                (),
+                "the file is empty; expected a mapping with version, cloud, defaults, groups and devices",
+            )
+        )
+        return doc
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        _syntax_problem(exc, doc)
+        return doc
+    except yaml.YAMLError as exc:  # pragma: no cover - PyYAML raises marked errors for bad input
+        doc.problems.append(Problem(source, 0, 0, (), f"not valid YAML: {exc}"))
+        return doc
+    if root is None:
+        doc.problems.append(Problem(source, 0, 0, (), "the file holds no YAML document"))
+        return doc
+    if not isinstance(root, MappingNode):
+        kind = "a list" if isinstance(root, SequenceNode) else f"the value {root.value!r}"
+        line, col = root.start_mark.line + 1, root.start_mark.column + 1
+        doc.problems.append(
+            Problem(
+                source,
+                line,
+                col,
+                (),
+                f"the top level must be a mapping of keys (version, cloud, ...), not {kind}",
+            )
+        )
+        return doc
+    walker = _Walker(doc, env)
+    doc.value_marks[()] = (root.start_mark.line, root.start_mark.column)
+    doc.data = walker.walk(root, ())
+    return doc
+
+
+def _decode(data: bytes | str, doc: Document) -> str | None:
+    if isinstance(data, str):
+        text = data
+    else:
+        if b"\0" in data[:8192]:
+            doc.problems.append(Problem(doc.source, 0, 0, (), "this is a binary file, not a YAML text file"))
+            return None
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            doc.problems.append(
+                Problem(
+                    doc.source,
+                    0,
+                    0,
+                    (),
+                    f"not a UTF-8 text file (undecodable byte at offset {exc.start}); save it as UTF-8",
+                )
+            )
+            return None
+    if "\0" in text:
+        doc.problems.append(Problem(doc.source, 0, 0, (), "this is a binary file, not a YAML text file"))
+        return None
+    return text
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError, doc: Document) -> None:
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+    problem = exc.problem or "invalid YAML"
+    if "'\\t'" in problem or "\t" in problem:
+        message = "a tab character is used for indentation; YAML indents with spaces only"
+    else:
+        message = f"invalid YAML: {problem}"
+        if exc.context:
+            message += f" ({exc.context}"
+            if exc.context_mark is not None and exc.context_mark is not mark:
+                message += f" at line {exc.context_mark.line + 1}"
+            message += ")"
+    doc.problems.append(Problem(doc.source, line, col, (), message))
+
+
+class _Walker:
+    """Builds plain data from a node tree, recording marks and problems in the ``Document``."""
+
+    def __init__(self, doc: Document, env: Mapping[str, str]):
+        self.doc = doc
+        self.env = env
+        self.constructor = SafeConstructor()
+        self.resolver = Resolver()
+        self.active: set[int] = set()  # ids of mapping/sequence nodes on the current walk (recursion guard)
+        self.count = 0
+
+    def problem(self, node: Node, path: KeyPath, message: str) -> None:
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        self.doc.problems.append(Problem(self.doc.source, line, col, path, message))
+
+    def walk(self, node: Node, path: KeyPath) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            if self.count == MAX_NODES + 1:
+                self.problem(node, path, f"the document expands to more than {MAX_NODES} values (aliases?)")
+            return None
+        if isinstance(node, ScalarNode):
+            return self.scalar(node, path)
+        if id(node) in self.active:
+            self.problem(node, path, "an alias refers to a block that contains it (a recursive structure)")
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                return self.sequence(node, path)
+            return self.mapping(node, path)
+        finally:
+            self.active.discard(id(node))
+
+    def sequence(self, node: SequenceNode, path: KeyPath) -> list[Any]:
+        items = []
+        for index, child in enumerate(node.value):
+            child_path = (*path, index)
+            self.doc.key_marks[child_path] = self.doc.value_marks[child_path] = _mark(child)
+            items.append(self.walk(child, child_path))
+        return items
+
+    def mapping(self, node: MappingNode, path: KeyPath) -> dict[str, Any]:
+        own = {id(key) for key, _ in node.value}
+        try:
+            self.constructor.flatten_mapping(node)
+        except ConstructorError as exc:
+            self.problem(node, path, f"bad merge key '<<': {exc.problem}")
+            node.value = [(k, v) for k, v in node.value if k.tag != "tag:yaml.org,2002:merge"]
+        # Pairs merged in from '<<: *anchor' come first and give way to the mapping's own keys.
+        merged = [(k, v) for k, v in node.value if id(k) not in own]
+        own_keys = {k.value for k, _ in node.value if id(k) in own and isinstance(k, ScalarNode)}
+        result: dict[str, Any] = {}
+        for key_node, value_node in [*merged, *(pair for pair in node.value if id(pair[0]) in own)]:
+            if not isinstance(key_node, ScalarNode):
+                self.problem(key_node, path, "a key must be a plain name, not a list or mapping")
+                continue
+            key = key_node.value
+            is_own = id(key_node) in own
+            if not is_own and (key in own_keys or key in result):
+                continue
+            if is_own and key_node.tag != "tag:yaml.org,2002:str" and key_node.style is None:
+                kind = (
+                    self.constructor.construct_object(key_node)
+                    if key_node.tag.startswith("tag:yaml.org")
+                    else key
+                )
+                if not isinstance(kind, str):
+                    self.problem(
+                        key_node,
+                        (*path, key),
+                        f'the key {key} reads as {type(kind).__name__}; quote it: "{key}"',
+                    )
+            child_path = (*path, key)
+            if key in result:
+                first = self.doc.key_marks[child_path][0] + 1
+                self.problem(
+                    key_node, child_path, f"duplicate key {key!r} (first set at line {first}); remove one"
+                )
+                continue
+            self.doc.key_marks[child_path] = _mark(key_node)
+            self.doc.value_marks[child_path] = _mark(value_node)
+            result[key] = self.walk(value_node, child_path)
+        return result
+
+    def scalar(self, node: ScalarNode, path: KeyPath) -> Any:
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except ConstructorError as exc:
+            self.problem(node, path, f"cannot read this value: {exc.problem}")
+            return None
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            return node.value  # a date-looking string: keep the text as written
+        if not isinstance(value, str) or "$" not in value:
+            return value
+        text, problems = interpolate(node.value, self.env)
+        if problems:
+            one_line = node.start_mark.line == node.end_mark.line
+            quote = 0 if node.style is None else 1
+            for found in problems:
+                column = node.start_mark.column + 1 + (quote + found.offset if one_line else 0)
+                line = node.start_mark.line + 1
+                self.doc.problems.append(Problem(self.doc.source, line, column, path, found.message))
+            self.doc.unresolved.add(path)
+            return text
+        if node.style is None:  # unquoted: type the substituted text as YAML would (9100 -> int)
+            tag = self.resolver.resolve(ScalarNode, text, (True, False))
+            if tag != "tag:yaml.org,2002:str":
+                try:
+                    typed = self.constructor.construct_object(ScalarNode(tag, text), deep=True)
+                except (ConstructorError, ValueError):
+                    return text
+                if not isinstance(typed, (datetime.date, datetime.datetime)):
+                    return typed
+        return text
+
+
+def _mark(node: Node) -> tuple[int, int]:
+    return node.start_mark.line, node.start_mark.column
