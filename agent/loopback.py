@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 _SERVING = re.compile(r"serving .* on (?P<host>[^ ]+):(?P<port>\d+)")
 
@@ -92,3 +93,69 @@ class CloudProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def device_config(models: tuple[str, ...] = ("digits", "minilm"), *, policy: str = "latency_aware",
+                  slo_ms: int = 100, rtt_threshold_ms: int = 150, rtt_recover_ms: int = 100,
+                  probe_interval_ms: int = 200, models_dir: str | Path | None = None,
+                  extra_yaml: str = "") -> Any:
+    """A one-device fleet built through the real fleet loader (``agent.config``)."""
+    from agent.config import parse_fleet
+
+    text = "\n".join([
+        "version: 1",
+        'cloud: {endpoint: "127.0.0.1:1"}',
+        "defaults:",
+        '  listen: "127.0.0.1:0"',
+        f"  models: [{', '.join(models)}]",
+        *([f'  models_dir: "{models_dir}"'] if models_dir else []),
+        f"  routing: {{policy: {policy}, slo_ms: {slo_ms}, rtt_threshold_ms: {rtt_threshold_ms}, "
+        f"rtt_recover_ms: {rtt_recover_ms}, probe_interval_ms: {probe_interval_ms}}}",
+        *([extra_yaml] if extra_yaml else []),
+        "devices:",
+        "  loopback: {}",
+    ])
+    return parse_fleet(text, source="<loopback>").device("loopback")
+
+
+class LoopbackRig:
+    """Network proxy + agent in this event loop, in front of a cloud listening on ``cloud_port``.
+
+        async with LoopbackRig(models_dir, cloud_port) as rig:
+            rig.proxy.set_conditions(delay_ms=300)
+            ... talk to 127.0.0.1:rig.agent_port ...
+    """
+
+    def __init__(self, models_dir: str | Path, cloud_port: int, *, config: Any = None, delay_ms: float = 5.0,
+                 link_overrides: dict[str, Any] | None = None, edge: Any = None) -> None:
+        self.models_dir = Path(models_dir)
+        self.cloud_port = cloud_port
+        self.config = config if config is not None else device_config()
+        self.delay_ms = delay_ms
+        self.link_overrides = link_overrides
+        self.edge = edge
+        self.proxy: Any = None
+        self.server: Any = None
+        self.agent_port = 0
+
+    async def __aenter__(self) -> LoopbackRig:
+        from agent.server import create_server
+        from bench.netproxy import NetProxy
+
+        self.proxy = NetProxy("127.0.0.1", 0, target_host="127.0.0.1", target_port=self.cloud_port)
+        await self.proxy.start()
+        self.proxy.set_conditions(delay_ms=self.delay_ms)
+        self.server, self.agent_port = create_server(
+            self.config, listen="127.0.0.1:0", cloud=f"127.0.0.1:{self.proxy.port}", models_dir=self.models_dir,
+            link_overrides=self.link_overrides, edge=self.edge)
+        await self.server.start()
+        return self
+
+    async def wait_cloud_usable(self, timeout_s: float = 10.0) -> bool:
+        return await self.server.link.wait_usable(timeout_s)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.server is not None:
+            await self.server.stop(2.0)
+        if self.proxy is not None:
+            await self.proxy.stop()

@@ -1,0 +1,97 @@
+"""``fogline agent run``: the edge daemon's command line.
+
+    fogline agent run --config FLEET.yaml --device ID [--listen HOST:PORT] [--cloud HOST:PORT]
+                      [--models DIR] [--grace-s S]
+
+Reads the device's effective settings from the fleet file (flags override them), loads its INT8 models,
+opens the cloud stream and serves until SIGTERM or SIGINT, which drains: no new requests are taken,
+everything in flight is answered, then it exits 0. Bad configuration or flags exit 2, anything that
+stops it from serving (models missing, port taken) exits 1, each with one line saying why.
+Under systemd (``Type=notify``) it reports READY once serving and STOPPING while draining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from fogline.errors import ConfigError, FoglineError
+
+log = logging.getLogger("agent")
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="The fogline edge agent.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="serve the device's models and route to the cloud until SIGTERM")
+    run.add_argument("--config", required=True, help="fleet YAML file")
+    run.add_argument("--device", required=True, help="device id in the fleet file")
+    run.add_argument("--listen", help="HOST:PORT to serve on (overrides the config; port 0 = any free port)")
+    run.add_argument("--cloud", help="HOST:PORT of the cloud's v2 endpoint (overrides the config; '' = none)")
+    run.add_argument("--models", help="model repository directory (overrides the config)")
+    run.add_argument("--grace-s", type=float, default=10.0, help="seconds to finish in-flight work on SIGTERM")
+    return parser
+
+
+def _load_device(path: str, device_id: str) -> Any:
+    from agent.config import load_fleet
+
+    fleet = load_fleet(path)
+    return fleet.device(device_id)
+
+
+async def serve(device: Any, args: argparse.Namespace, prog: str) -> int:
+    from agent.sdnotify import Notifier
+    from agent.server import create_server
+
+    server, port = create_server(device, listen=args.listen, cloud=args.cloud, models_dir=args.models)
+    await server.start()
+    notifier = Notifier.from_environment()
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        if stopping:
+            return
+        print(f"{prog}: {signal.Signals(signum).name}, draining (grace {args.grace_s:g} s)", flush=True)
+        notifier.stopping()
+        stopping.append(loop.create_task(server.stop(args.grace_s)))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    models = ", ".join(f"{r.name} v{r.version}" for r in server.dataplane.edge.runners.values())
+    cloud = server.link.settings.endpoint if server.link is not None else "none"
+    host = (args.listen or str(getattr(device, "listen", ""))).rpartition(":")[0] or "127.0.0.1"
+    line = f"serving {models} on {host}:{port} (cloud {cloud}, policy {server.dataplane.policy.policy.value})"
+    print(f"{prog}: {line}", flush=True)
+    notifier.ready(line)
+    await server.wait_for_termination()
+    print(f"{prog}: stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "fogline agent") -> int:
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        device = _load_device(args.config, args.device)
+    except (ConfigError, OSError, KeyError, ValueError) as exc:
+        print(f"{prog}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(device, args, prog))
+    except FoglineError as exc:
+        print(f"{prog}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError) as exc:
+        print(f"{prog}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split()) if "\n" not in text else text.strip()
