@@ -18,6 +18,7 @@ its round-trip time), ``queue_ms`` and ``batch_size`` (rows in that model call).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -244,6 +245,9 @@ class DataPlane:
             )
         except FoglineError as exc:
             self.metrics.record_failure(name, version, exc.code.name)
+            raise
+        except asyncio.CancelledError:  # the caller went away or its gRPC deadline passed
+            self.metrics.record_failure(name, version, "CANCELLED")
             raise
         except Exception:
             self.metrics.record_failure(name, version, "INTERNAL")

@@ -29,6 +29,7 @@ class CloudMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._cache: dict[tuple[str, str], tuple] = {}
         r = self.registry
         mv = ["model", "version"]
         self.success = Counter("nv_inference_request_success", "Requests answered", mv, registry=r)
@@ -63,18 +64,36 @@ class CloudMetrics:
 
     # ------------------------------------------------------------------ recording
 
+    def _children(self, model: str, version: str) -> tuple:
+        """The label-bound series of one model version (looked up once, then reused)."""
+        key = (model, version)
+        children = self._cache.get(key)
+        if children is None:
+            children = (
+                self.success.labels(model, version),
+                self.queue_time.labels(model, version),
+                self.inferences.labels(model, version),
+                self.executions.labels(model, version),
+                self.batch_size.labels(model, version),
+                self.compute_time.labels(model, version),
+            )
+            self._cache[key] = children
+        return children
+
     def record_success(self, model: str, version: str, queue_s: float) -> None:
-        self.success.labels(model, version).inc()
-        self.queue_time.labels(model, version).observe(queue_s)
+        success, queue_time, *_ = self._children(model, version)
+        success.inc()
+        queue_time.observe(queue_s)
 
     def record_failure(self, model: str, version: str, reason: str) -> None:
         self.failure.labels(model, version, reason).inc()
 
     def record_batch(self, model: str, version: str, rows: int, compute_s: float) -> None:
-        self.inferences.labels(model, version).inc(rows)
-        self.executions.labels(model, version).inc()
-        self.batch_size.labels(model, version).observe(rows)
-        self.compute_time.labels(model, version).observe(compute_s)
+        _, _, inferences, executions, batch_size, compute_time = self._children(model, version)
+        inferences.inc(rows)
+        executions.inc()
+        batch_size.observe(rows)
+        compute_time.observe(compute_s)
 
     def render(self) -> bytes:
         """The text exposition format, as ``/metrics`` serves it."""

@@ -1,0 +1,320 @@
+"""Cloud-tier benchmark: ``minilm`` over streaming gRPC, batching on vs off, against the in-process ceiling.
+
+    python -m bench.cloud                 # CPU; writes bench/results/cloud.md (+ .png)
+    python -m bench.cloud --device cuda   # GPU; writes bench/results/cloud-gpu.md (+ .png)
+
+What it measures, all in one run on one machine:
+
+1. **In-process ceiling**: ``FullModel.predict`` called directly at batch sizes 1..64 on the same
+   sentences; the best throughput is the ceiling, the batch-1 median is the latency floor.
+2. **Served**: ``fogline cloud serve`` as a subprocess, twice (``--max-batch-size 32``, then ``1`` =
+   batching off). A closed-loop client opens ``c`` streams (c = 1, 8, 32, like c devices each with one
+   request in flight), each request one sentence, and records every request's latency.
+
+Gates (issue 10): c=32 throughput >= 90% of the ceiling; c=1 p50 <= in-process batch-1 p50 + 2 ms.
+The batch gain (batching on / off at c=32) is reported beside the in-process batch gain, its bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONCURRENCY = (1, 8, 32)
+BATCH_SIZES = (1, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class Run:
+    """One measured configuration."""
+
+    label: str
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+    batch_rows: list[int] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def p(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    @property
+    def mean_batch(self) -> float:
+        return float(np.mean(self.batch_rows)) if self.batch_rows else float("nan")
+
+
+def sentences() -> list[str]:
+    from edge_models.fidelity import load_sentences
+
+    return load_sentences()
+
+
+# ------------------------------------------------------------------------------------ in-process
+
+
+def measure_in_process(version_dir: Path, device: str, seconds: float, texts: list[str]) -> list[Run]:
+    """The full model called directly, batch by batch, for ``seconds`` per batch size."""
+    import torch
+
+    from edge_models.full_runtime import FullModel
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = FullModel.load(version_dir, device=device)
+    runs: list[Run] = []
+    cursor = 0
+    for batch in BATCH_SIZES:
+
+        def next_batch(size: int = batch) -> np.ndarray:
+            nonlocal cursor
+            rows = [texts[(cursor + i) % len(texts)].encode() for i in range(size)]
+            cursor += size
+            return np.array(rows, dtype=object)
+
+        for _ in range(3):  # warm-up
+            model.predict({"text": next_batch()})
+        latencies: list[float] = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            inputs = {"text": next_batch()}
+            t0 = time.perf_counter()
+            model.predict(inputs)
+            latencies.append((time.perf_counter() - t0) * 1e3)
+        elapsed = time.perf_counter() - start
+        runs.append(Run(f"in-process batch {batch}", len(latencies) * batch, elapsed, latencies, [batch]))
+        print(
+            f"  in-process batch {batch:>3}: {runs[-1].throughput:7.1f} sentences/s, p50 {runs[-1].p(50):.2f} ms"
+        )
+    del model
+    return runs
+
+
+# ------------------------------------------------------------------------------------ served
+
+
+class ServerProcess:
+    """``fogline cloud serve`` in a subprocess; ``port`` is read from its start-up line."""
+
+    def __init__(self, models: Path, device: str, max_batch_size: int) -> None:
+        args = [sys.executable, "-m", "fogline.cli", "cloud", "serve", "--listen", "127.0.0.1:0", "--models",
+                str(models), "--device", device, "--max-batch-size", str(max_batch_size), "--metrics-port", "off",
+                "--grace-s", "5"]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.port = self._wait_for_port(timeout=180)
+        self._drain = threading.Thread(target=self.proc.stdout.read, daemon=True)  # type: ignore[union-attr]
+        self._drain.start()
+
+    def _wait_for_port(self, timeout: float) -> int:
+        assert self.proc.stdout is not None
+        timer = threading.Timer(timeout, self.proc.kill)
+        timer.start()
+        try:
+            for line in self.proc.stdout:
+                if " serving " in line:
+                    return int(line.split(" on ", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1])
+        finally:
+            timer.cancel()
+        raise RuntimeError(
+            f"the cloud server did not start: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+async def closed_loop(port: int, concurrency: int, seconds: float, warmup: float, texts: list[str]) -> Run:
+    """``concurrency`` streams, each with one request in flight, for ``warmup + seconds``."""
+    import grpc
+    from fogline import codec
+    from fogline.inference import grpc_service_pb2_grpc as pb_grpc
+
+    messages = [
+        codec.request_to_proto(codec.InferRequest("minilm", {"text": np.array([t.encode()], dtype=object)}))
+        for t in texts
+    ]
+    latencies: list[float] = []
+    batches: list[int] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        start = time.perf_counter()
+        measure_from, stop_at = start + warmup, start + warmup + seconds
+
+        async def client(k: int) -> None:
+            nonlocal errors
+            call = stub.ModelStreamInfer()
+            i = k * 7
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop_at:
+                    break
+                await call.write(messages[i % len(messages)])
+                reply = await call.read()
+                t1 = time.perf_counter()
+                i += 1
+                if t0 < measure_from or t1 > stop_at:
+                    continue
+                if reply.error_message:
+                    errors += 1
+                    continue
+                latencies.append((t1 - t0) * 1e3)
+                batches.append(reply.infer_response.parameters["batch_size"].int64_param)
+            await call.done_writing()
+
+        await asyncio.gather(*(client(k) for k in range(concurrency)))
+    return Run("", len(latencies), seconds, latencies, batches, errors)
+
+
+def measure_served(
+    models: Path, device: str, batching: bool, seconds: float, warmup: float, texts: list[str]
+) -> list[Run]:
+    server = ServerProcess(models, device, 32 if batching else 1)
+    runs = []
+    try:
+        for c in CONCURRENCY:
+            run = asyncio.run(closed_loop(server.port, c, seconds, warmup, texts))
+            run.label = f"gRPC stream, batching {'on' if batching else 'off'}, c={c}"
+            runs.append(run)
+            print(
+                f"  {run.label:<34} {run.throughput:7.1f} req/s, p50 {run.p(50):.2f} ms, "
+                f"p99 {run.p(99):.2f} ms, mean batch {run.mean_batch:.1f}, errors {run.errors}"
+            )
+    finally:
+        server.stop()
+    return runs
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def write_report(
+    out: Path, device: str, seconds: float, inproc: list[Run], on: list[Run], off: list[Run]
+) -> None:
+    ceiling = max(inproc, key=lambda r: r.throughput)
+    b1 = inproc[0]
+    on_by_c = dict(zip(CONCURRENCY, on, strict=True))
+    off_by_c = dict(zip(CONCURRENCY, off, strict=True))
+    ratio_32 = on_by_c[32].throughput / ceiling.throughput
+    c1_extra = on_by_c[1].p(50) - b1.p(50)
+    gain = on_by_c[32].throughput / off_by_c[32].throughput
+    inproc_gain = ceiling.throughput / b1.throughput
+    ok = "PASS" if ratio_32 >= 0.9 and c1_extra <= 2.0 else "FAIL"
+    cmd = "python -m bench.cloud" + (" --device cuda" if device == "cuda" else "")
+    lines = [
+        f"# Cloud tier benchmark ({device.upper()})",
+        "",
+        f"`{cmd}` — model `minilm` (FP32 torch), one sentence per request, {seconds:g} s per row, one run.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"torch {_torch_version()}, device {device}. Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
+        "",
+        "| configuration | throughput (sentences/s) | p50 ms | p99 ms | mean batch rows |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for run in [*inproc, *on, *off]:
+        lines.append(
+            f"| {run.label} | {run.throughput:.1f} | {run.p(50):.2f} | {run.p(99):.2f} | {run.mean_batch:.1f} |"
+        )
+    lines += [
+        "",
+        "## Gates",
+        "",
+        f"- In-process ceiling: **{ceiling.throughput:.1f}/s** ({ceiling.label}); batch-1: "
+        f"{b1.throughput:.1f}/s, p50 {b1.p(50):.2f} ms.",
+        f"- c=32 served throughput / ceiling: **{ratio_32:.1%}** (gate >= 90%: {'pass' if ratio_32 >= 0.9 else 'FAIL'}).",
+        f"- c=1 p50 over in-process batch-1 p50: **{c1_extra:+.2f} ms** (gate <= +2 ms: "
+        f"{'pass' if c1_extra <= 2.0 else 'FAIL'}).",
+        f"- Batching gain at c=32 (on / off): **{gain:.2f}x**; in-process batch gain (ceiling / batch 1), "
+        f"its bound: {inproc_gain:.2f}x.",
+        f"- Errors: {sum(r.errors for r in [*on, *off])}. Overall: **{ok}**.",
+        "",
+        "Served latency is client-measured (write to read on the stream) and includes gRPC, the event loop,",
+        "the queue and the model. The client shares the machine with the server.",
+        "",
+        f"![throughput]({out.with_suffix('.png').name})",
+        "",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines), encoding="utf-8")
+    _plot(out.with_suffix(".png"), ceiling, on, off)
+    print(
+        f"wrote {out}: c=32 {ratio_32:.1%} of ceiling, c=1 p50 {c1_extra:+.2f} ms, gain {gain:.2f}x -> {ok}"
+    )
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _plot(path: Path, ceiling: Run, on: list[Run], off: list[Run]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(len(CONCURRENCY))
+    ax.bar(x - 0.2, [r.throughput for r in on], 0.4, label="batching on")
+    ax.bar(x + 0.2, [r.throughput for r in off], 0.4, label="batching off")
+    ax.axhline(
+        ceiling.throughput, color="black", linestyle="--", label=f"in-process ceiling ({ceiling.label})"
+    )
+    ax.set_xticks(x, [f"c={c}" for c in CONCURRENCY])
+    ax.set_ylabel("sentences / s")
+    ax.set_title("minilm served over streaming gRPC")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cloud", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--models", type=Path, help="model repository (built if missing; default ./models)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per row (default 8)")
+    parser.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each row")
+    parser.add_argument("--out", type=Path, help="report path (default bench/results/cloud[-gpu].md)")
+    args = parser.parse_args(argv)
+
+    from edge_models.build import ensure_models
+    from edge_models.repository import ModelRepository, default_models_dir
+
+    models = args.models or default_models_dir()
+    ensure_models(models, names=["minilm"], progress=True)
+    texts = sentences()
+    out = args.out or RESULTS / ("cloud-gpu.md" if args.device == "cuda" else "cloud.md")
+    print(f"in-process ceiling ({args.device}):")
+    inproc = measure_in_process(
+        ModelRepository(models).resolve("minilm"), args.device, args.seconds / 2, texts
+    )
+    print("served, batching on:")
+    on = measure_served(models, args.device, True, args.seconds, args.warmup, texts)
+    print("served, batching off:")
+    off = measure_served(models, args.device, False, args.seconds, args.warmup, texts)
+    write_report(out, args.device, args.seconds, inproc, on, off)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
