@@ -178,6 +178,11 @@ class _Walker:
             return None
         if isinstance(node, ScalarNode):
             return self.scalar(node, path)
+        if node.tag not in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):
+            self.problem(
+                node, path, f"unsupported YAML tag {node.tag!r}; use plain mappings, lists and values"
+            )
+            return None
         if id(node) in self.active:
             self.problem(node, path, "an alias refers to a block that contains it (a recursive structure)")
             return None

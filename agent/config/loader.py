@@ -161,6 +161,9 @@ class _Builder:
             )
         if cloud is None or defaults is None or None in groups.values() or None in devices.values():
             return None
+        for device in devices.values():
+            device._revision = revision  # private attributes: not settings, allowed on a frozen model
+            device._source = self.doc.source
         return FleetConfig(
             source=self.doc.source,
             revision=revision,

@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -80,6 +81,19 @@ class Settings(BaseModel):
 def _catalogue(info: ValidationInfo) -> dict[str, tuple[str, ...]]:
     context = info.context or {}
     return context.get("catalogue", BUILTIN_MODELS)
+
+
+def _known_model(name: str, info: ValidationInfo) -> str:
+    from agent.config.errors import did_you_mean
+
+    catalogue = _catalogue(info)
+    if name not in catalogue:
+        raise ValueError(f"unknown model {name!r}{did_you_mean(name, catalogue)}")
+    return name
+
+
+#: A model name the fleet knows (a key of ``cascade_thresholds``).
+KnownModel = Annotated[str, AfterValidator(_known_model)]
 
 
 class ModelRef(Settings):
@@ -166,7 +180,7 @@ class RoutingConfig(Settings):
     cascade_threshold: float = Field(
         0.8, ge=0, le=1, description="cascade: edge confidence below which the cloud is asked"
     )
-    cascade_thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+    cascade_thresholds: dict[KnownModel, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=dict, description="cascade: per-model thresholds, overriding cascade_threshold"
     )
 
@@ -176,17 +190,6 @@ class RoutingConfig(Settings):
         threshold = info.data.get("rtt_threshold_ms")
         if threshold is not None and value >= threshold:
             raise ValueError(f"must be below rtt_threshold_ms ({threshold}) for hysteresis, got {value}")
-        return value
-
-    @field_validator("cascade_thresholds")
-    @classmethod
-    def _known_models(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
-        from agent.config.errors import did_you_mean
-
-        catalogue = _catalogue(info)
-        for name in value:
-            if name not in catalogue:
-                raise ValueError(f"unknown model {name!r}{did_you_mean(name, catalogue)}")
         return value
 
     def threshold_for(self, model: str) -> float:
@@ -216,7 +219,9 @@ class LoggingConfig(Settings):
     @field_validator("level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
+        if isinstance(value, str) and value.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            return value.upper()
+        return value
 
 
 class MetricsConfig(Settings):
@@ -287,7 +292,7 @@ class DeviceSettings(Settings):
 
     listen: ListenAddress = Field("127.0.0.1:8500", description="HOST:PORT of the agent's gRPC server")
     models: tuple[ModelRef, ...] = Field(
-        (ModelRef(name="minilm"), ModelRef(name="digits")), min_length=1, strict=False
+        (ModelRef(name="minilm"), ModelRef(name="digits")), strict=False, json_schema_extra={"minItems": 1}
     )
     models_dir: PathSetting = Field(None, description="model repository; null = $FOGLINE_MODELS or ./models")
     routing: RoutingConfig = RoutingConfig()
@@ -301,6 +306,8 @@ class DeviceSettings(Settings):
     @field_validator("models")
     @classmethod
     def _unique(cls, value: tuple[ModelRef, ...]) -> tuple[ModelRef, ...]:
+        if not value:
+            raise ValueError("list at least one model (e.g. [minilm, digits])")
         names = [ref.name for ref in value]
         twice = sorted({name for name in names if names.count(name) > 1})
         if twice:
@@ -313,7 +320,23 @@ class DeviceSettings(Settings):
 
 
 class DeviceConfig(DeviceSettings):
-    """The effective settings of one device: ``defaults`` <- its group <- its own entry."""
+    """The effective settings of one device: ``defaults`` <- its group <- its own entry.
+
+    ``revision`` and ``source`` say which fleet file (and which version of it) these came from, so the
+    agent can report them in its metadata and metrics; they are not settings and never rendered.
+    """
 
     device_id: str
     group: str | None = None
+    _revision: str = PrivateAttr("")
+    _source: str = PrivateAttr("")
+
+    @property
+    def revision(self) -> str:
+        """The fleet file's revision (``FleetConfig.revision``); empty for a config built by hand."""
+        return self._revision
+
+    @property
+    def source(self) -> str:
+        """The fleet file this device's settings were loaded from."""
+        return self._source

@@ -154,6 +154,8 @@ class Validator:
             for error in exc.errors():
                 loc = tuple(error["loc"])
                 message, at_key = message_for(error, model)
+                if loc and loc[-1] == "[key]":  # a bad mapping key: point at the key itself
+                    loc, at_key = loc[:-1], True
                 path = origin_of(loc) or (*fallback, *loc)
                 inherited = path[: len(owner)] != owner
                 self.add(path, message, at_key=at_key, note=note if inherited else None)
