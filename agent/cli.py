@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None, prog: str = "fogline agent") -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         device = _load_device(args.config, args.device)
+        from agent.server import split_host_port
+
+        for flag, value in (("--listen", args.listen), ("--cloud", args.cloud)):
+            if value:
+                split_host_port(value, what=flag)
     except (ConfigError, OSError, KeyError, ValueError) as exc:
         print(f"{prog}: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -75,11 +75,10 @@ class DataPlane:
             route = codec.route_of(request.parameters)
             deadline_ms = codec.deadline_ms_of(request.parameters)
             budget = float(deadline_ms) if deadline_ms is not None else self.policy.slo_ms
-            runner = self.edge.get(request.model_name, request.model_version)
-            if runner is None and self.link is None:
-                self.edge.require(request.model_name, request.model_version)  # raises ModelNotFound
-            if runner is not None:
-                self._check_inputs(runner, request)
+            # The agent serves the models its device lists (the cloud is their second tier, not a
+            # catalogue of its own): anything else is NOT_FOUND, whatever the cloud might host.
+            runner = self.edge.require(request.model_name, request.model_version)
+            self._check_inputs(runner, request)
             decision = self._decide(request.model_name, route, budget, runner)
             response = await self._execute(request, decision, runner, started, budget)
         except Exception:

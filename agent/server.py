@@ -77,10 +77,11 @@ class AgentServer:
         await self._stopped.wait()
 
 
-def _split_host_port(address: str) -> tuple[str, int]:
+def split_host_port(address: str, what: str = "listen address") -> tuple[str, int]:
+    """``(host, port)`` of a ``HOST:PORT`` string; ``ConfigError`` naming ``what`` otherwise."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"listen address {address!r} must be HOST:PORT (port 0 picks a free one)")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{what} {address!r} must be HOST:PORT (port 0 picks a free one)")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -121,7 +122,7 @@ def create_server(device_config: Any, *, listen: str | None = None, cloud: str |
         server,
     )
     address = listen or getattr(device_config, "listen", None) or "127.0.0.1:8500"
-    host, port = _split_host_port(str(address))
+    host, port = split_host_port(str(address))
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as exc:

@@ -1,0 +1,121 @@
+"""``fogline agent run`` as a user runs it: serve, answer, drain on SIGTERM, clear failures."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from fogline import codec
+from fogline.inference import grpc_service_pb2 as pb
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
+
+pytestmark = [pytest.mark.e2e, pytest.mark.models]
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'proto'}", OMP_NUM_THREADS="1")
+
+FLEET = textwrap.dedent(
+    """
+    version: 1
+    cloud: {endpoint: "127.0.0.1:1"}   # nothing listens there: the agent must serve from the edge
+    defaults:
+      listen: "127.0.0.1:0"
+      models: [digits, minilm]
+      routing: {policy: latency_aware, slo_ms: 200}
+    devices:
+      cam-001: {}
+    """
+)
+
+
+def agent_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fogline.cli", "agent", *args]
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(FLEET)
+    return path
+
+
+def start_agent(fleet, model_repo, *extra):
+    proc = subprocess.Popen(
+        agent_cmd("run", "--config", str(fleet), "--device", "cam-001", "--models", str(model_repo), *extra),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = re.search(r"serving .* on [^ ]+:(\d+)", line)
+        if match:
+            return proc, int(match.group(1))
+    proc.kill()
+    raise AssertionError(f"agent did not start: {proc.stderr.read()}")
+
+
+def test_run_serves_then_drains_in_flight_stream_on_sigterm(fleet, model_repo):
+    proc, port = start_agent(fleet, model_repo, "--grace-s", "5")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerReady(pb.ServerReadyRequest()).ready
+            image = np.full((1, 8, 8), 8.0, np.float32)
+            reply = codec.response_from_proto(stub.ModelInfer(codec.request_to_proto(
+                codec.InferRequest("digits", {"image": image}, id="a"))))
+            assert reply.parameters["served_by"] == "edge" and reply.parameters["route_reason"].startswith("link_")
+            assert reply.outputs["probabilities"].shape == (1, 10)
+
+            requests = [codec.request_to_proto(codec.InferRequest("minilm", {"text": np.array(
+                [f"sentence number {i}".encode()] * 4, dtype=object)}, id=str(i))) for i in range(40)]
+
+            def generate():
+                yield from requests
+                time.sleep(0.2)  # SIGTERM arrives while these are in flight and the stream is open
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(1.0)
+
+            answers = list(stub.ModelStreamInfer(generate(), timeout=30))
+        assert len(answers) == 40 and not any(a.error_message for a in answers)
+        assert sorted(int(a.infer_response.id) for a in answers) == list(range(40))
+        assert proc.wait(30) == 0
+        out = proc.stdout.read()
+        assert "SIGTERM, draining" in out and "stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--device", "cam-999"], 2, "no device 'cam-999'"),
+        (["--device", "cam-001", "--listen", "nonsense"], 2, "HOST:PORT"),
+        (["--device", "cam-001", "--cloud", "host:99999"], 2, "--cloud"),
+        (["--device", "cam-001", "--models", "/nonexistent/models"], 1, "digits"),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(fleet, args, code, message):
+    out = subprocess.run(agent_cmd("run", "--config", str(fleet), *args), capture_output=True, text=True,
+                         env=ENV, cwd=REPO, timeout=120)
+    assert out.returncode == code, out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    out = subprocess.run(agent_cmd("run", "--config", str(tmp_path / "nope.yaml"), "--device", "x"),
+                         capture_output=True, text=True, env=ENV, cwd=REPO, timeout=60)
+    assert out.returncode == 2 and "nope.yaml" in out.stderr
