@@ -107,16 +107,19 @@ def test_sigterm_answers_every_request_in_flight_then_exits_zero(serve_args):
         assert sent.wait(30)
         time.sleep(0.5)  # let the server read them all; the first batches are computing now
         server.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
 
-        replies, final = [], None
+        replies, final, late = [], None, 0
         try:
             for reply in stream:
                 replies.append(reply)
+                late += time.monotonic() > signalled
         except grpc.RpcError as exc:
             final = exc.code()
         release.set()
         assert sorted(r.infer_response.id for r in replies) == [f"s{i}" for i in range(8)]
         assert all(not r.error_message for r in replies), [r.error_message for r in replies]
+        assert late > 0, "no request was still in flight when SIGTERM came; make them heavier"
         assert final == grpc.StatusCode.UNAVAILABLE  # then the stream is closed so the client reconnects
         for future in unary:
             assert future.result().parameters["served_by"].string_param == "cloud"

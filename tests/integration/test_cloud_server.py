@@ -317,6 +317,9 @@ def test_expired_deadlines_are_dropped_before_compute(cloud, stub):
     assert "dropped before compute" in replies[0].error_message
     after = metric(cloud.metrics_text(), "nv_inference_count_total", model="minilm")
     assert after - before == 64, "only the 64-row request may have been computed"
+    text = cloud.metrics_text()
+    assert metric(text, "nv_inference_request_failure_total", model="minilm", reason="CANCELLED") >= 1
+    assert metric(text, "nv_inference_request_failure_total", model="minilm", reason="DEADLINE_EXCEEDED") >= 1
 
 
 def test_prometheus_metrics(cloud, stub):
