@@ -118,8 +118,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except asyncio.CancelledError:
                 if not state["draining"]:
                     raise
-            except grpc.RpcError:
-                pass  # the client went away or the read failed: answer what is held, then end
+            except Exception:  # the client went away or a read failed
+                pass  # answer what is held, then end the stream
             finally:
                 state["reading"] = False
             while tasks:
