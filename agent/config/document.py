@@ -4,8 +4,8 @@ PyYAML's ``safe_load`` forgets positions, so this module composes the YAML node 
 line/column marks) and walks it itself, building dicts, lists and scalars while recording, for every
 key path, the position of the key and of its value. Along the way it:
 
-- fills in ``${NAME}`` environment references (see ``interpolate``); an unquoted value that was only
-  a reference is typed after substitution, so ``port: ${METRICS_PORT:-9100}`` gives the integer 9100;
+- fills in ``${NAME}`` environment references (see ``interpolate``), keeping the result as ``EnvText``
+  so the settings read it as the type each key wants (``port: ${METRICS_PORT:-9100}`` gives 9100);
 - applies YAML merge keys (``<<: *anchor``), so operators can share blocks with anchors;
 - reports duplicate keys, non-string keys and unknown tags, which ``safe_load`` silently accepts or
   turns into tracebacks;
@@ -25,10 +25,9 @@ from typing import Any
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from yaml.resolver import Resolver
 
 from agent.config.errors import KeyPath, Problem
-from agent.config.interpolate import interpolate
+from agent.config.interpolate import EnvText, interpolate
 
 #: Walking stops after this many nodes, so alias bombs (``&a [*b, *b, ...]``) cannot exhaust memory.
 MAX_NODES = 200_000
@@ -162,7 +161,6 @@ class _Walker:
         self.doc = doc
         self.env = env
         self.constructor = SafeConstructor()
-        self.resolver = Resolver()
         self.active: set[int] = set()  # ids of mapping/sequence nodes on the current walk (recursion guard)
         self.count = 0
 
@@ -264,17 +262,7 @@ class _Walker:
                 line = node.start_mark.line + 1
                 self.doc.problems.append(Problem(self.doc.source, line, column, path, found.message))
             self.doc.unresolved.add(path)
-            return text
-        if node.style is None:  # unquoted: type the substituted text as YAML would (9100 -> int)
-            tag = self.resolver.resolve(ScalarNode, text, (True, False))
-            if tag != "tag:yaml.org,2002:str":
-                try:
-                    typed = self.constructor.construct_object(ScalarNode(tag, text), deep=True)
-                except (ConstructorError, ValueError):
-                    return text
-                if not isinstance(typed, (datetime.date, datetime.datetime)):
-                    return typed
-        return text
+        return EnvText(text)
 
 
 def _mark(node: Node) -> tuple[int, int]:

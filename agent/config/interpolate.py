@@ -12,6 +12,11 @@ the process that loads the file:
 A ``$`` followed by anything else is kept as it is. References are replaced in string values only,
 never in keys. This module is pure: it takes the environment as a mapping and reports problems with
 their character offset, so the loader can turn them into line/column positions.
+
+Environment variables are text, and a reference must be quoted inside a flow mapping
+(``{port: "${PORT}"}``), so a filled-in value is kept as ``EnvText``: the settings models then read
+it as the type the key wants (``typed_text``), with YAML's rules: ``9100`` for a port, ``true`` for
+a flag, an empty text for an optional setting means "not set", and a token stays text.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from yaml.nodes import ScalarNode
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -93,3 +102,29 @@ def _resolve(body: str, env: Mapping[str, str]) -> tuple[str, str | None]:
         "",
         f"bad variable reference '${{{body}}}': expected ${{{name}}}, ${{{name}:-default}} or ${{{name}-default}}",
     )
+
+
+class EnvText(str):
+    """A string value that came (at least partly) from an environment variable."""
+
+    __slots__ = ()
+
+
+_RESOLVER = yaml.resolver.Resolver()
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def typed_text(text: str) -> Any:
+    """``text`` read as an unquoted YAML value: ``"9100"`` -> 9100, ``"true"`` -> True, ``""`` -> None."""
+    tag = _RESOLVER.resolve(ScalarNode, text, (True, False))
+    if tag in (
+        "tag:yaml.org,2002:int",
+        "tag:yaml.org,2002:float",
+        "tag:yaml.org,2002:bool",
+        "tag:yaml.org,2002:null",
+    ):
+        try:
+            return _CONSTRUCTOR.construct_object(ScalarNode(tag, text), deep=True)
+        except (yaml.YAMLError, ValueError):
+            return text
+    return text

@@ -6,16 +6,17 @@ just the keys it changes, and the same classes describe each layer in the JSON S
 
 Validation is strict about types (``slo_ms: "100"`` is an error, not a silent conversion) and checks
 ranges and relations between keys; ``validation`` turns pydantic's errors into messages with the file,
-line and key. Model names are checked against the catalogue passed as validation context
+line and key. Model names are checked against the catalogue the loader passes as validation context
 (``{"catalogue": {name: versions}}``): the reference models ``minilm`` and ``digits`` plus any listed in
-the file's top-level ``models:`` section.
+the file's top-level ``models:`` section. Objects built by hand (tests) skip that one check.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +28,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from agent.config.interpolate import EnvText, typed_text
 
 #: The reference models every fleet knows without a catalogue (see DESIGN.md).
 BUILTIN_MODELS: dict[str, tuple[str, ...]] = {"minilm": (), "digits": ()}
@@ -73,21 +76,60 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 
 
 class Settings(BaseModel):
-    """Base of every settings block: frozen, strict types, unknown keys are errors."""
+    """Base of every settings block: frozen, strict types, unknown keys are errors.
+
+    Values filled in from environment variables (``EnvText``) are first read as the type their key
+    wants, since the environment only holds text (see ``interpolate``).
+    """
 
     model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _env_values(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not any(isinstance(v, EnvText) for v in data.values()):
+            return data
+        fields = cls.model_fields
+        return {
+            key: _from_env(fields[key].annotation, value)
+            if isinstance(value, EnvText) and key in fields
+            else value
+            for key, value in data.items()
+        }
 
-def _catalogue(info: ValidationInfo) -> dict[str, tuple[str, ...]]:
-    context = info.context or {}
-    return context.get("catalogue", BUILTIN_MODELS)
+
+def _from_env(annotation: Any, value: EnvText) -> Any:
+    """An environment value read as ``annotation`` wants: a number, a flag, None or the text itself."""
+    options: list[Any] = []
+    pending = [annotation]
+    while pending:
+        current = pending.pop()
+        if get_origin(current) is Annotated:
+            pending.append(get_args(current)[0])
+        elif get_origin(current) in (Union, UnionType):
+            pending.extend(get_args(current))
+        else:
+            options.append(current)
+    if value == "" and type(None) in options:
+        return None
+    if any(option is str or option is Path or get_origin(option) is Literal for option in options):
+        return str(value)
+    if any(option in (int, float, bool) for option in options):
+        typed = typed_text(value)
+        return typed if isinstance(typed, (int, float, bool)) else str(value)
+    return str(value)
+
+
+def _catalogue(info: ValidationInfo) -> dict[str, tuple[str, ...]] | None:
+    """The known models (name -> versions) the loader passes as context; None when built by hand."""
+    return (info.context or {}).get("catalogue")
 
 
 def _known_model(name: str, info: ValidationInfo) -> str:
     from agent.config.errors import did_you_mean
 
     catalogue = _catalogue(info)
-    if name not in catalogue:
+    if catalogue is not None and name not in catalogue:
         raise ValueError(f"unknown model {name!r}{did_you_mean(name, catalogue)}")
     return name
 
@@ -132,6 +174,8 @@ class ModelRef(Settings):
         from agent.config.errors import did_you_mean, one_of
 
         catalogue = _catalogue(info)
+        if catalogue is None:
+            return self
         if self.name not in catalogue:
             hint = did_you_mean(self.name, catalogue) or f"; known models: {one_of(sorted(catalogue))}"
             raise ValueError(f"unknown model {self.name!r}{hint} (list others under the top-level 'models:')")
