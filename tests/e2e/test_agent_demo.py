@@ -1,0 +1,37 @@
+"""``fogline demo`` end to end: every phase shows up, the right tier answers, nothing fails."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.models, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_runs_all_phases_and_answers_everything(model_repo):
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'proto'}", OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-m", "fogline.cli", "demo", "--models", str(model_repo), "--seconds-per-phase", "3"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=180,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "every request was answered" in out.stdout
+    rows = {}
+    for line in out.stdout.splitlines():
+        match = re.match(r"(good \(5 ms\)|slow \(300 ms one way\)|down \(blackhole\)|good again \(5 ms\))\s+"
+                         r"(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+(\d+)\s+(\d+)$", line)
+        if match:
+            rows[match.group(1)] = [int(g) for g in match.groups()[1:]]
+    assert set(rows) == {"good (5 ms)", "slow (300 ms one way)", "down (blackhole)", "good again (5 ms)"}
+    requests, cloud = rows["good (5 ms)"][:2]
+    assert cloud >= 0.8 * requests
+    requests, _cloud, edge = rows["down (blackhole)"][:3]
+    assert edge == requests
+    assert all(row[5] == 0 and row[4] == 0 for row in rows.values())  # no errors, no late answers

@@ -1,0 +1,174 @@
+"""The edge runner's micro-batching, queue accounting and service-time estimate.
+
+The model here is a small numpy function with the ``EdgeModel`` interface (the runner is generic over
+it); the real INT8 models run through the same code in the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from fogline.errors import InvalidInput
+
+from agent.cloud_link import LinkSettings, backoff_ms
+from agent.edge_pool import EdgeRunner, warmup_inputs
+
+pytestmark = pytest.mark.unit
+
+
+class Spec:
+    def __init__(self, name, datatype, shape):
+        self.name, self.datatype, self.shape = name, datatype, shape
+
+
+class Doubler:
+    """Doubles ``x``; rejects negative numbers; records the batch sizes it was called with."""
+
+    name, version = "doubler", "3"
+    inputs = [Spec("x", "FP32", (-1, 2))]
+    outputs = [Spec("y", "FP32", (-1, 2))]
+
+    def __init__(self, delay_s=0.02):
+        self.delay_s = delay_s
+        self.batches: list[int] = []
+        self.lock = threading.Lock()
+
+    def predict(self, inputs):
+        x = inputs["x"]
+        if (x < 0).any():
+            raise InvalidInput("x must not be negative")
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.batches.append(x.shape[0])
+        return {"y": x * 2}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_rows():
+    async def scenario():
+        model = Doubler(delay_s=0.05)
+        with ThreadPoolExecutor(1) as pool:
+            runner = EdgeRunner(model, pool, workers=1, max_batch=8)
+            await runner.start(warmup=False)
+            first = asyncio.create_task(runner.predict({"x": np.full((1, 2), 1.0, np.float32)}))
+            await asyncio.sleep(0.01)  # the first call is running; the rest queue up behind it
+            rest = [asyncio.create_task(runner.predict({"x": np.full((n, 2), float(n), np.float32)}))
+                    for n in (1, 2, 3)]
+            await asyncio.sleep(0.005)
+            depth = runner.queue_depth
+            results = await asyncio.gather(first, *rest)
+            await runner.stop()
+            return model.batches, results, depth
+
+    batches, results, depth = run(scenario())
+    assert batches == [1, 6]  # the three queued requests (1+2+3 rows) went as one call
+    assert depth == 4
+    assert results[0]["y"].tolist() == [[2.0, 2.0]]
+    for n, out in zip((1, 2, 3), results[1:], strict=True):
+        assert out["y"].shape == (n, 2) and (out["y"] == 2 * n).all()
+
+
+def test_batch_respects_max_batch_rows():
+    async def scenario():
+        model = Doubler(delay_s=0.03)
+        with ThreadPoolExecutor(1) as pool:
+            runner = EdgeRunner(model, pool, workers=1, max_batch=4)
+            await runner.start(warmup=False)
+            tasks = [asyncio.create_task(runner.predict({"x": np.ones((1, 2), np.float32)})) for _ in range(9)]
+            await asyncio.gather(*tasks)
+            await runner.stop()
+            return model.batches
+
+    batches = run(scenario())
+    assert sum(batches) == 9 and max(batches) <= 4
+
+
+def test_one_bad_request_does_not_sink_its_batch():
+    async def scenario():
+        model = Doubler(delay_s=0.03)
+        with ThreadPoolExecutor(1) as pool:
+            runner = EdgeRunner(model, pool, workers=1, max_batch=8)
+            await runner.start(warmup=False)
+            blocker = asyncio.create_task(runner.predict({"x": np.ones((1, 2), np.float32)}))
+            await asyncio.sleep(0.01)
+            good = asyncio.create_task(runner.predict({"x": np.ones((1, 2), np.float32)}))
+            bad = asyncio.create_task(runner.predict({"x": -np.ones((1, 2), np.float32)}))
+            await blocker
+            out = await good
+            with pytest.raises(InvalidInput, match="negative"):
+                await bad
+            await runner.stop()
+            return out, runner.queue_depth
+
+    out, depth = run(scenario())
+    assert out["y"].tolist() == [[2.0, 2.0]] and depth == 0
+
+
+def test_incompatible_shapes_are_not_merged():
+    async def scenario():
+        model = Doubler(delay_s=0.03)
+        model.inputs = [Spec("x", "FP32", (-1, -1))]
+        with ThreadPoolExecutor(1) as pool:
+            runner = EdgeRunner(model, pool, workers=1, max_batch=8)
+            await runner.start(warmup=False)
+            blocker = asyncio.create_task(runner.predict({"x": np.ones((1, 2), np.float32)}))
+            await asyncio.sleep(0.01)
+            a = asyncio.create_task(runner.predict({"x": np.ones((1, 2), np.float32)}))
+            b = asyncio.create_task(runner.predict({"x": np.ones((1, 3), np.float32)}))
+            await asyncio.gather(blocker, a, b)
+            await runner.stop()
+            return model.batches, (await b)["y"].shape
+
+    batches, shape = run(scenario())
+    assert batches == [1, 1, 1] and shape == (1, 3)
+
+
+def test_service_time_estimate_tracks_measured_calls():
+    async def scenario():
+        model = Doubler(delay_s=0.04)
+        with ThreadPoolExecutor(1) as pool:
+            runner = EdgeRunner(model, pool, workers=1, initial_service_ms=1.0)
+            await runner.start(warmup=True)  # warm-up calls seed the estimate
+            seeded = runner.service_ms
+            view = runner.view()
+            await runner.stop()
+            return seeded, view
+
+    seeded, view = run(scenario())
+    assert 35.0 <= seeded <= 200.0
+    assert view.available and view.queue_depth == 0 and view.service_ms == seeded
+
+
+def test_warmup_inputs_follow_the_specs():
+    feed = warmup_inputs([Spec("text", "BYTES", (-1,)), Spec("image", "FP32", (-1, 8, 8))])
+    assert feed["text"].shape == (1,) and feed["text"][0] == b"fogline warm-up"
+    assert feed["image"].shape == (1, 8, 8) and feed["image"].dtype == np.float32
+
+
+def test_backoff_doubles_to_a_cap_with_bounded_jitter():
+    rng = random.Random(1)
+    plain = [backoff_ms(a, 100, 2000, 0.0, rng) for a in range(7)]
+    assert plain == [100, 200, 400, 800, 1600, 2000, 2000]
+    spread = [backoff_ms(3, 100, 2000, 0.2, rng) for _ in range(200)]
+    assert 640 <= min(spread) < 700 and 900 < max(spread) <= 960 and len(set(spread)) > 100
+
+
+def test_link_settings_from_the_fleet_config():
+    from agent.loopback import device_config
+
+    device = device_config(probe_interval_ms=150)
+    settings = LinkSettings.from_config(device.cloud, device.routing, endpoint="10.0.0.1:9000")
+    assert settings.endpoint == "10.0.0.1:9000" and settings.probe_interval_ms == 150
+    assert settings.keepalive_ms == device.cloud.keepalive.time_ms
+    assert settings.request_timeout_ms == device.cloud.request_timeout_ms
+    options = dict(settings.channel_options())
+    assert options["grpc.keepalive_time_ms"] == device.cloud.keepalive.time_ms
