@@ -418,6 +418,13 @@ class CloudLink:
                 self._probe_tasks.add(task)
                 task.add_done_callback(self._probe_tasks.discard)
 
+    def probe_timeout_ms(self) -> float:
+        """How long a probe may take before it counts as failed: the configured floor, or three times
+        the smoothed RTT on a slow but working link (so slowness alone does not read as an outage)."""
+        rtt = self.rtt.smoothed_ms or 0.0
+        return min(max(self.settings.probe_timeout_ms, 3.0 * rtt), max(self.settings.probe_timeout_ms,
+                                                                     self.settings.request_timeout_ms))
+
     async def _probe(self) -> None:
         stub = self._stub
         if stub is None:
@@ -426,8 +433,7 @@ class CloudLink:
         sent = self.now_ms()
         self._probes[probe_id] = sent
         try:
-            reply = await stub.ServerReady(pb.ServerReadyRequest(),
-                                           timeout=self.settings.probe_timeout_ms / 1000.0)
+            reply = await stub.ServerReady(pb.ServerReadyRequest(), timeout=self.probe_timeout_ms() / 1000.0)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

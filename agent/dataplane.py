@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +41,8 @@ from agent.router import (
     Tier,
     decide,
 )
+
+log = logging.getLogger(__name__)
 
 NO_LINK = LinkView(usable=False, state="not_configured")
 
@@ -95,6 +98,10 @@ class DataPlane:
         edge_view = runner.view() if runner is not None else EdgeView(available=False)
         decision = decide(self.policy, Observation(link_view, edge_view, self.memory),
                           RequestView(model=model, route=route, deadline_ms=budget_ms))
+        if decision.memory.cloud_preferred != self.memory.cloud_preferred:
+            log.info("router: %s the cloud (rtt %s ms, outstanding %.0f ms)",
+                     "preferring" if decision.memory.cloud_preferred else "leaving",
+                     "-" if link_view.rtt_ms is None else f"{link_view.rtt_ms:.0f}", link_view.outstanding_ms)
         self.memory = decision.memory
         return decision
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fogline.errors import InvalidInput, ModelNotFound
+from fogline.errors import InvalidInput, ModelNotFound, Overloaded
 
 from agent.router import EdgeView
 
@@ -58,13 +58,15 @@ class EdgeRunner:
     """One edge model, its request queue, its workers and its service-time estimate."""
 
     def __init__(self, model: Any, executor: ThreadPoolExecutor, *, workers: int = 1, max_batch: int = 8,
-                 max_delay_ms: float = 0.0, initial_service_ms: float = 10.0, alpha: float = 0.2) -> None:
+                 max_delay_ms: float = 0.0, max_queue: int = 256, initial_service_ms: float = 10.0,
+                 alpha: float = 0.2) -> None:
         self.model = model
         self.name: str = model.name
         self.version: str = str(model.version)
         self.workers = max(1, workers)
         self.max_batch = max(1, max_batch)
         self.max_delay_ms = max(0.0, max_delay_ms)
+        self.max_queue = max(1, max_queue)
         self.service_ms = initial_service_ms
         self._alpha = alpha
         self._executor = executor
@@ -111,6 +113,9 @@ class EdgeRunner:
     async def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one request (a batch of rows) through the model; raises what the model raises."""
         rows = _rows_of(inputs)
+        if self._queue.qsize() >= self.max_queue:
+            raise Overloaded(f"model {self.name!r}: {self.max_queue} requests already wait on this device; "
+                             "retry later or raise batching.max_queue_size")
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(inputs, rows, future))
         return await asyncio.shield(future)
@@ -202,7 +207,7 @@ class EdgePool:
 
     @classmethod
     def load(cls, models_dir: Path, models: Iterable[tuple[str, str | None]], *, threads: int = 1,
-             workers: int = 1, max_batch: int = 8, max_delay_ms: float = 0.0,
+             workers: int = 1, max_batch: int = 8, max_delay_ms: float = 0.0, max_queue: int = 256,
              intra_op_threads: int = 1) -> EdgePool:
         """Load ``(name, version or None for newest)`` from the repository at ``models_dir``."""
         from edge_models.edge_runtime import EdgeModel
@@ -214,7 +219,7 @@ class EdgePool:
         for name, version in models:
             model = EdgeModel.load(repo.resolve(name, version), intra_op_threads=intra_op_threads)
             runners[name] = EdgeRunner(model, executor, workers=workers, max_batch=max_batch,
-                                       max_delay_ms=max_delay_ms)
+                                       max_delay_ms=max_delay_ms, max_queue=max_queue)
         return cls(runners, executor)
 
     async def start(self, warmup: bool = True) -> None:

@@ -272,10 +272,16 @@ def _latency_aware(
 
 def _hedged(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory) -> Decision:
     decision = _latency_aware(policy, obs, req, memory)
-    if decision.tier is Tier.CLOUD and policy.hedge_delay_ms is not None and decision.edge_start_by_ms is not None:
-        start = min(decision.edge_start_by_ms, policy.hedge_delay_ms)
-        return replace(decision, edge_start_by_ms=start, reason=decision.reason + "+hedge")
-    return decision
+    if decision.tier is not Tier.CLOUD or decision.edge_start_by_ms is None:
+        return decision
+    # Without a configured delay, hedge once the cloud is later than its usual tail (high percentile).
+    delay = policy.hedge_delay_ms
+    if delay is None and obs.link.rtt_high_ms is not None:
+        delay = obs.link.rtt_high_ms + obs.link.cloud_compute_ms
+    if delay is None:
+        return decision
+    return replace(decision, edge_start_by_ms=min(decision.edge_start_by_ms, delay),
+                   reason=decision.reason + "+hedge")
 
 
 def _cascade(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory) -> Decision:

@@ -145,5 +145,7 @@ def load_edge(device_config: Any, *, models_dir: str | Path | None = None, threa
     batching = getattr(device_config, "batching", None)
     max_batch = int(getattr(batching, "max_batch_size", 8) or 8)
     delay = float(getattr(batching, "max_queue_delay_ms", 0.0) or 0.0)
+    max_queue = int(getattr(batching, "max_queue_size", 256) or 256)
     n = threads or 2
-    return EdgePool.load(root, wanted, threads=n, workers=n, max_batch=max_batch, max_delay_ms=delay)
+    return EdgePool.load(root, wanted, threads=n, workers=n, max_batch=max_batch, max_delay_ms=delay,
+                         max_queue=max_queue)

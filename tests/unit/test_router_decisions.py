@@ -157,6 +157,10 @@ def test_hedged_starts_edge_after_hedge_delay():
     hedged = RoutingPolicy(policy="hedged", hedge_delay_ms=30)
     d = decide(hedged, obs(rtt=10), req(deadline=100))
     assert d.tier is Tier.CLOUD and d.edge_start_by_ms == 30 and d.reason.endswith("+hedge")
+    by_tail = RoutingPolicy(policy="hedged")
+    o = obs(rtt=10, compute=4)
+    o = Observation(LinkView(usable=True, rtt_ms=10, rtt_high_ms=20, cloud_compute_ms=4), o.edge, o.memory)
+    assert decide(by_tail, o, req(deadline=100)).edge_start_by_ms == 24
 
 
 def test_cascade_runs_edge_first_with_escalation_when_there_is_room():

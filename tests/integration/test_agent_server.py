@@ -1,0 +1,149 @@
+"""The agent's gRPC surface and policies, with a real cloud process behind the real proxy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+from fogline import codec
+from fogline.inference import grpc_service_pb2 as pb
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from agent.loopback import CloudProcess, LoopbackRig, device_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.models]
+
+IMAGE = np.random.default_rng(1).uniform(0, 16, (2, 8, 8)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def cloud(model_repo):
+    with CloudProcess(model_repo) as proc:
+        yield proc
+
+
+def digits(id_="", **params):
+    return codec.request_to_proto(codec.InferRequest("digits", {"image": IMAGE}, id=id_, parameters=params))
+
+
+async def infer(stub, msg):
+    return codec.response_from_proto(await stub.ModelInfer(msg))
+
+
+def with_rig(model_repo, cloud, body, **rig_kwargs):
+    async def scenario():
+        async with LoopbackRig(model_repo, cloud.port, **rig_kwargs) as rig:
+            await rig.wait_cloud_usable(10.0)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{rig.agent_port}") as channel:
+                return await body(rig, channel, pb_grpc.GRPCInferenceServiceStub(channel))
+
+    return asyncio.run(scenario())
+
+
+def test_metadata_health_reflection_and_errors(model_repo, cloud):
+    async def body(rig, channel, stub):
+        out = {}
+        out["meta"] = await stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"))
+        out["server"] = await stub.ServerMetadata(pb.ServerMetadataRequest())
+        out["health"] = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"))
+        refl = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        out["services"] = [s.name async for r in refl for s in r.list_services_response.service]
+        out["ready_v2"] = (await stub.ModelReady(pb.ModelReadyRequest(name="digits", version="2"))).ready
+        codes = {}
+        for label, call in [
+            ("unknown_model", stub.ModelMetadata(pb.ModelMetadataRequest(name="nope"))),
+            ("bad_route", stub.ModelInfer(digits(route="moon"))),
+            ("bad_deadline", stub.ModelInfer(digits(deadline_ms=-5))),
+            ("bad_shape", stub.ModelInfer(codec.request_to_proto(codec.InferRequest(
+                "digits", {"image": np.zeros((1, 8, 7), np.float32)})))),
+            ("bad_version", stub.ModelInfer(codec.request_to_proto(codec.InferRequest(
+                "digits", {"image": IMAGE}, model_version="9")))),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            codes[label] = (info.value.code(), info.value.details())
+        out["codes"] = codes
+        return out
+
+    out = with_rig(model_repo, cloud, body)
+    assert out["meta"].name == "digits" and list(out["meta"].versions) == ["1"]
+    assert [t.name for t in out["meta"].inputs] == ["image"] and list(out["meta"].inputs[0].shape) == [-1, 8, 8]
+    assert out["server"].name.startswith("fogline-agent")
+    assert out["health"].status == health_pb2.HealthCheckResponse.SERVING
+    assert "inference.GRPCInferenceService" in out["services"] and "grpc.health.v1.Health" in out["services"]
+    assert out["ready_v2"] is False
+    codes = out["codes"]
+    assert codes["unknown_model"][0] == grpc.StatusCode.NOT_FOUND and "serves" in codes["unknown_model"][1]
+    assert codes["bad_route"][0] == grpc.StatusCode.INVALID_ARGUMENT and "route" in codes["bad_route"][1]
+    assert codes["bad_deadline"][0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert codes["bad_shape"][0] == grpc.StatusCode.INVALID_ARGUMENT and "image" in codes["bad_shape"][1]
+    assert codes["bad_version"][0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_stream_answers_out_of_order_and_survives_bad_requests(model_repo, cloud):
+    async def body(rig, channel, stub):
+        long_texts = np.array([("word " * 200).encode()] * 16, dtype=object)
+        msgs = [codec.request_to_proto(codec.InferRequest("minilm", {"text": long_texts}, id="big",
+                                                          parameters={"route": "edge"}))]
+        msgs += [digits(f"d{i}", route="edge") for i in range(5)]
+        msgs.append(codec.request_to_proto(codec.InferRequest("digits", {"image": np.zeros((1, 3), np.float32)},
+                                                              id="broken")))
+        msgs += [digits(f"c{i}", route="cloud") for i in range(5)]
+
+        async def gen():
+            for m in msgs:
+                yield m
+
+        return [r async for r in stub.ModelStreamInfer(gen())]
+
+    replies = with_rig(model_repo, cloud, body)
+    ids = [r.infer_response.id for r in replies]
+    assert sorted(ids) == sorted(["big", "broken"] + [f"d{i}" for i in range(5)] + [f"c{i}" for i in range(5)])
+    assert ids.index("d0") < ids.index("big")  # small requests did not wait for the big one
+    broken = next(r for r in replies if r.infer_response.id == "broken")
+    assert "INVALID_ARGUMENT" in broken.error_message and "image" in broken.error_message
+    for r in replies:
+        if r.infer_response.id.startswith("c"):
+            params = codec.params_from_proto(r.infer_response.parameters)
+            assert params["served_by"] == "cloud", params
+
+
+@pytest.mark.parametrize(("policy", "tier"), [("edge_only", "edge"), ("cloud_only", "cloud")])
+def test_fixed_policies(model_repo, cloud, policy, tier):
+    async def body(rig, channel, stub):
+        return [await infer(stub, digits(str(i))) for i in range(5)]
+
+    replies = with_rig(model_repo, cloud, body, config=device_config(policy=policy))
+    assert all(r.parameters["served_by"] == tier for r in replies)
+    assert all(r.parameters["route_reason"] == f"policy_{policy}" for r in replies)
+
+
+def test_cloud_only_falls_back_to_edge_while_blackholed(model_repo, cloud):
+    async def body(rig, channel, stub):
+        rig.proxy.set_conditions(blackhole=True)
+        return [await infer(stub, digits(str(i), deadline_ms=150)) for i in range(8)]
+
+    replies = with_rig(model_repo, cloud, body, config=device_config(policy="cloud_only"))
+    assert all(r.parameters["served_by"] == "edge" and r.parameters["fallback"] for r in replies)
+    assert replies[0].parameters["route_reason"] == "cloud_late"
+
+
+def test_deadline_parameter_tightens_the_wait_for_the_cloud(model_repo, cloud):
+    async def body(rig, channel, stub):
+        await infer(stub, digits("warm"))
+        rig.proxy.set_conditions(delay_ms=40)  # 80 ms round trip: fine for 300 ms, hopeless for 30 ms
+        await asyncio.sleep(1.5)
+        loose = [await infer(stub, digits(f"l{i}", deadline_ms=300)) for i in range(3)]
+        tight = [await infer(stub, digits(f"t{i}", deadline_ms=30)) for i in range(3)]
+        return loose, tight
+
+    loose, tight = with_rig(model_repo, cloud, body,
+                            config=device_config(rtt_threshold_ms=200, rtt_recover_ms=150, slo_ms=300))
+    assert all(r.parameters["served_by"] == "cloud" for r in loose), [r.parameters for r in loose]
+    assert all(r.parameters["served_by"] == "edge" and r.parameters["route_reason"] == "deadline" for r in tight)
