@@ -2,7 +2,7 @@
 
 It is generated from the same pydantic models the loader validates with, then adjusted to what a
 file may contain *before* loading: every settings block may be left empty (``routing:``), a model may
-be written as a bare name, and any number or true/false value may instead be a ``${VAR}`` reference
+be written as a bare name, and any number, true/false or fixed-choice value may instead be a ``${VAR}`` reference
 (filled in at load time). Checks that need the whole file (unknown group or model names, merged
 values such as ``rtt_recover_ms < rtt_threshold_ms``) are only done by ``fogline fleet validate``.
 
@@ -51,8 +51,9 @@ def fleet_schema() -> dict[str, Any]:
     for definition in definitions.values():
         for prop in definition.get("properties", {}).values():
             _loosen(prop)
-    for prop in schema.get("properties", {}).values():
-        _loosen(prop)
+    for key, prop in schema.get("properties", {}).items():
+        if key != "version":  # the format version is read before anything else, never from the environment
+            _loosen(prop)
     model_ref = definitions.get("ModelRef")
     if model_ref is not None:
         definitions["ModelRef"] = {
@@ -71,17 +72,20 @@ def fleet_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
 
 
+def _strict_scalar(schema: dict[str, Any]) -> bool:
+    """Whether a ``${VAR}`` text would fail ``schema`` (a number, a flag or a fixed choice)."""
+    return schema.get("type") in ("integer", "number", "boolean") or "enum" in schema or "const" in schema
+
+
 def _loosen(prop: dict[str, Any]) -> None:
-    """Let a property be null when it is a block, and a ${VAR} reference when it is a number or bool."""
+    """Let a property be null when it is a block, and a ${VAR} reference when it is a number or choice."""
     if "$ref" in prop:
         ref = prop.pop("$ref")
         prop["anyOf"] = [{"$ref": ref}, {"type": "null"}]
         return
     options = prop.get("anyOf")
-    if options is None and prop.get("type") in ("integer", "number", "boolean"):
+    if options is None and _strict_scalar(prop):
         typed = {key: prop.pop(key) for key in list(prop) if key not in ("default", "description", "title")}
         prop["anyOf"] = [typed, dict(_REFERENCE)]
-    elif options is not None and any(
-        option.get("type") in ("integer", "number", "boolean") for option in options
-    ):
+    elif options is not None and any(_strict_scalar(option) for option in options):
         options.append(dict(_REFERENCE))
