@@ -21,7 +21,9 @@ chunks already queued keep their due time.
 Blackhole models a dead link: connections stay open and bytes read during it are thrown away (in
 both directions, also those still queued when it starts). A byte stream with a hole in it cannot
 continue (real TCP would retransmit; the proxy cannot), so when the blackhole lifts, every connection
-that lost bytes is reset; connections that lost nothing carry on untouched.
+that lost bytes is reset; connections that lost nothing carry on untouched. New connections made
+during a blackhole are accepted (the listening socket cannot drop a SYN) but carry nothing, so a
+client's handshake times out as it would on a dead link.
 
 Outside an event loop (a synchronous test, another thread) use ``BackgroundNetProxy``, which runs the
 proxy on its own loop in a thread. From another process use the control port of the command line:
@@ -266,10 +268,12 @@ class NetProxy:
         """Stop listening and end every open connection (with a RST: the link is gone)."""
         if self._server is not None:
             self._server.close()
-            self.reset_connections()
-            for task in list(self._handlers):
-                task.cancel()
-            await asyncio.gather(*self._handlers, return_exceptions=True)
+            self.reset_connections()  # each handler then finishes on its own
+            if self._handlers:
+                _, pending = await asyncio.wait(set(self._handlers), timeout=2.0)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
@@ -345,6 +349,10 @@ class NetProxy:
                 await conn.wait()
             finally:
                 self._conns.discard(conn)
+        except asyncio.CancelledError:
+            # Only stop() cancels a handler. End quietly: asyncio (3.11) reports a cancelled
+            # client_connected_cb task as an "unhandled exception".
+            _rst_close(cw)
         finally:
             self._handlers.discard(task)
 
