@@ -13,8 +13,11 @@ PY     := $(VENV)/bin/python
 # torch is pinned to the CPU build that lies on this machine's disk; an unpinned torch pulls CUDA.
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# MLServer (a real third-party v2 server, used to prove "any v2 server as the cloud") lives in its own
+# environment: its dependency pins are not fogline's.
+MLSTAMP := .venv-mlserver/.installed-$(shell cat scripts/setup_mlserver.sh pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup test demo lint proto bench bench-models bench-cloud bench-agent models clean
+.PHONY: mlserver setup test demo lint proto bench bench-models bench-cloud bench-agent models clean
 
 setup: $(STAMP)
 
@@ -29,7 +32,14 @@ $(STAMP): pyproject.toml | $(PY)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: $(STAMP)
+$(MLSTAMP): scripts/setup_mlserver.sh pyproject.toml
+	bash scripts/setup_mlserver.sh
+	rm -f .venv-mlserver/.installed-*
+	touch $@
+
+mlserver: $(MLSTAMP)
+
+test: $(STAMP) $(MLSTAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -58,4 +68,4 @@ bench-agent: $(STAMP)
 	$(PY) -m bench.agent
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .venv-mlserver .cache .pytest_cache .ruff_cache build *.egg-info
