@@ -29,6 +29,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from agent.config.errors import KeyPath, Problem
 from agent.config.interpolate import EnvText, interpolate
 
+#: libyaml's parser when PyYAML was built with it (about ten times faster), else the Python one.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 #: Walking stops after this many nodes, so alias bombs (``&a [*b, *b, ...]``) cannot exhaust memory.
 MAX_NODES = 200_000
 
@@ -83,11 +85,11 @@ def read_document(data: bytes | str, source: str, env: Mapping[str, str]) -> Doc
         )
         return doc
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except yaml.MarkedYAMLError as exc:
-        _syntax_problem(exc, doc)
+        _syntax_problem(exc, doc, text)
         return doc
-    except yaml.YAMLError as exc:  # pragma: no cover - PyYAML raises marked errors for bad input
+    except (yaml.YAMLError, RecursionError) as exc:
         doc.problems.append(Problem(source, 0, 0, (), f"not valid YAML: {exc}"))
         return doc
     if root is None:
@@ -108,8 +110,21 @@ def read_document(data: bytes | str, source: str, env: Mapping[str, str]) -> Doc
         return doc
     walker = _Walker(doc, env)
     doc.value_marks[()] = (root.start_mark.line, root.start_mark.column)
-    doc.data = walker.walk(root, ())
+    try:
+        doc.data = walker.walk(root, ())
+    except RecursionError:
+        doc.data = None
+        doc.problems.append(Problem(source, 0, 0, (), "the document is nested too deeply"))
     return doc
+
+
+def _compose(text: str) -> Node | None:
+    """The node tree of ``text``: libyaml when it is there; on an error, the Python parser's message."""
+    try:
+        return yaml.compose(text, Loader=_FAST_LOADER)
+    except yaml.YAMLError:
+        # Parse again with the pure-Python parser: its messages are the same on every installation.
+        return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
 def _decode(data: bytes | str, doc: Document) -> str | None:
@@ -138,11 +153,12 @@ def _decode(data: bytes | str, doc: Document) -> str | None:
     return text
 
 
-def _syntax_problem(exc: yaml.MarkedYAMLError, doc: Document) -> None:
+def _syntax_problem(exc: yaml.MarkedYAMLError, doc: Document, text: str) -> None:
     mark = exc.problem_mark or exc.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
     problem = exc.problem or "invalid YAML"
-    if "'\\t'" in problem or "\t" in problem:
+    at = text[mark.index] if mark is not None and 0 <= mark.index < len(text) else ""
+    if at == "\t" or "'\\t'" in problem:
         message = "a tab character is used for indentation; YAML indents with spaces only"
     else:
         message = f"invalid YAML: {problem}"
@@ -219,7 +235,7 @@ class _Walker:
             is_own = id(key_node) in own
             if not is_own and (key in own_keys or key in result):
                 continue
-            if is_own and key_node.tag != "tag:yaml.org,2002:str" and key_node.style is None:
+            if is_own and key_node.tag != "tag:yaml.org,2002:str" and not key_node.style:
                 kind = (
                     self.constructor.construct_object(key_node)
                     if key_node.tag.startswith("tag:yaml.org")
@@ -256,7 +272,7 @@ class _Walker:
         text, problems = interpolate(node.value, self.env)
         if problems:
             one_line = node.start_mark.line == node.end_mark.line
-            quote = 0 if node.style is None else 1
+            quote = 1 if node.style else 0  # plain scalars have no style (libyaml: "")
             for found in problems:
                 column = node.start_mark.column + 1 + (quote + found.offset if one_line else 0)
                 line = node.start_mark.line + 1

@@ -12,7 +12,6 @@ error found in the merged settings can be reported at the line that caused it.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
 
@@ -73,7 +72,7 @@ class Layered:
                 continue
             for stale in [path for path in self.origins if path[: len(here)] == here]:
                 del self.origins[stale]
-            target[key] = copy.deepcopy(value)
+            target[key] = _copy(value)
             self._record(value, here, there)
 
     def _record(self, value: Any, here: KeyPath, there: KeyPath) -> None:
@@ -89,3 +88,12 @@ class Layered:
             if origin is not None:
                 return (*origin, *path[end:])
         return None
+
+
+def _copy(value: Any) -> Any:
+    """A copy of plain YAML data (dicts, lists, scalars), so devices never share mutable parts."""
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value

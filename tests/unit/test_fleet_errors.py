@@ -407,3 +407,9 @@ def test_unknown_device_suggests_a_close_one():
         fleet.device("cam-01")
     with pytest.raises(FleetConfigError, match="devices in this file: cam-001, cam-002"):
         fleet.device("zzz")
+
+
+def test_absurdly_deep_nesting_is_a_problem_not_a_crash():
+    text = "version: 1\ndefaults: {labels: " + "[" * 5000 + "]" * 5000 + "}\n"
+    with pytest.raises(FleetConfigError, match="nested too deeply"):
+        parse_fleet(text, env={})
