@@ -123,8 +123,8 @@ def typed_text(text: str) -> Any:
         "tag:yaml.org,2002:bool",
         "tag:yaml.org,2002:null",
     ):
-        try:
-            return _CONSTRUCTOR.construct_object(ScalarNode(tag, text), deep=True)
+        try:  # the tag's constructor directly: construct_object would cache every node it sees
+            return _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, ScalarNode(tag, text))
         except (yaml.YAMLError, ValueError):
             return text
     return text

@@ -91,6 +91,8 @@ def message_for(error: dict[str, Any], model: type[BaseModel]) -> tuple[str, boo
         return f"unknown key {key!r}{hint}", True
     if kind == "missing":
         return f"missing required key {loc[-1]!r}", True
+    if kind == "string_type" and isinstance(value, (bool, int, float)):
+        return f"expected a string{got}; put it in quotes if it is meant as text", False
     if kind in _TYPE_NAMES:
         return f"expected {_TYPE_NAMES[kind]}{got}", False
     if kind in _BOUNDS:

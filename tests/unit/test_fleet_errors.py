@@ -413,3 +413,12 @@ def test_absurdly_deep_nesting_is_a_problem_not_a_crash():
     text = "version: 1\ndefaults: {labels: " + "[" * 5000 + "]" * 5000 + "}\n"
     with pytest.raises(FleetConfigError, match="nested too deeply"):
         parse_fleet(text, env={})
+
+
+def test_numbers_where_text_is_expected_suggest_quotes():
+    assert only("version: 1\ndefaults:\n  labels: {rack: 7}\n") == (
+        3,
+        18,
+        "defaults.labels.rack",
+        "expected a string, got 7; put it in quotes if it is meant as text",
+    )
