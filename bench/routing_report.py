@@ -1,0 +1,306 @@
+"""The routing benchmark's report: ``routing.md`` (tables, winners, gates), ``routing.json`` and PNG plots.
+
+One plot per scenario (``routing_<scenario>.png``): a row per policy plus the oracle, request latency
+over send time on a log axis, each point coloured by the tier that answered (errors and lost requests
+marked separately), the SLO as a dashed line, and the network's one-way delay drawn behind as a grey
+step area (a blackhole as a dark band).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.routing_metrics import (
+    GateResult,
+    Summary,
+    classify,
+    gates_for_scenario,
+    summarize,
+    summarize_oracle,
+    winner,
+)
+from bench.routing_oracle import FRAMING_BYTES, expected_one_way_ms
+from bench.routing_scenarios import Phase
+
+if TYPE_CHECKING:
+    from bench.routing import BenchResult, ScenarioResult
+    from bench.routing_workload import Workload
+
+COLOURS = {"edge": "#1f77b4", "cloud": "#ff7f0e"}
+
+
+def scenario_summaries(sr: ScenarioResult, workload: Workload) -> tuple[dict[str, Summary], Summary]:
+    by_policy = {p: summarize(p, run.outcomes, sr.slo_ms) for p, run in sr.runs.items()}
+    oracle = summarize_oracle(sr.oracle, sr.arrivals, workload.tier_quality, sr.slo_ms)
+    return by_policy, oracle
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _ms(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.1f}"
+
+
+def _cos(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.4f}"
+
+
+def _row(s: Summary, win: bool) -> str:
+    name = f"**{s.name}**" if win else s.name
+    return (f"| {name} | {_ms(s.p50_ms)} | {_ms(s.p95_ms)} | {_ms(s.p99_ms)} | {_pct(s.slo_attainment)} | "
+            f"{_pct(s.full_share)} | {_cos(s.minilm_cosine)} | {_pct(s.digits_accuracy)} | {s.fallbacks} | "
+            f"{s.errors} | {s.lost} |")
+
+
+def _timeline_text(phases: Sequence[Phase]) -> str:
+    parts = []
+    for p in phases[:8]:
+        c = p.conditions
+        what = "blackhole" if c.blackhole else f"{c.delay_ms:g} ms"
+        if c.jitter_ms:
+            what += f" + {c.jitter_dist} jitter {c.jitter_ms:g} ms"
+        if c.bandwidth_kbps:
+            what += f", {c.bandwidth_kbps:g} kbit/s"
+        parts.append(f"{p.at_s:g} s: {what}")
+    if len(phases) > 8:
+        parts.append(f"... ({len(phases)} phases)")
+    return "; ".join(parts)
+
+
+def _gate_table(gates: list[GateResult]) -> list[str]:
+    names = list(dict.fromkeys(g.gate for g in gates))
+    lines = ["| gate | holds? | where it fails or cannot be judged |", "| --- | --- | --- |"]
+    for name in names:
+        these = [g for g in gates if g.gate == name]
+        failed = [g for g in these if g.held is False]
+        unknown = [g for g in these if g.held is None]
+        verdict = "no" if failed else ("not judged" if unknown and not any(g.held for g in these) else "yes")
+        notes = "; ".join(f"{g.scenario}: {g.detail}" for g in failed + unknown) or (
+            f"{len(these)} scenario(s)")
+        lines.append(f"| {name} | {verdict} | {notes} |")
+    return lines
+
+
+def render_markdown(result: BenchResult, workload: Workload, command: str) -> str:
+    cfg = result.config
+    st = result.service
+    lines = [
+        "# Routing benchmark: policies vs an oracle under network faults",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}` in "
+        f"{result.wall_s:.0f} s on {platform.machine()} with {os.cpu_count()} CPU cores"
+        f"{' (quick mode: shortened scenarios)' if cfg.quick else ''}.",
+        "",
+        "Set-up: the cloud (`fogline cloud serve`, CPU), the network proxy (`python -m bench.netproxy`) and "
+        "the agent (`fogline agent run`) are separate processes on loopback; the agent reaches the cloud "
+        "only through the proxy. Each policy runs with a fresh proxy and agent (fleet file with that "
+        f"policy), a {cfg.warmup_s:g} s warm-up under the first phase's conditions, then the scenario. "
+        f"Load: open-loop Poisson arrivals at {cfg.rate_hz:g} req/s over {cfg.streams} `ModelStreamInfer` "
+        f"streams, {100 * cfg.minilm_share:.0f}% `minilm` (the {len(workload.sentences)} sentences of "
+        f"`edge_models/data/sentences.txt`) and the rest `digits` ({result.workload_note}); the same seeded "
+        f"schedule for every policy of a scenario (seed {cfg.seed}). SLO {cfg.slo_ms:g} ms unless a scenario "
+        "sets its own; requests carry no `deadline_ms`, so the agent's `slo_ms` is the deadline.",
+        "",
+    ]
+    all_gates: list[GateResult] = []
+    sections: list[str] = []
+    winners: list[tuple[str, str]] = []
+    for sr in result.scenarios:
+        by_policy, oracle = scenario_summaries(sr, workload)
+        klass = classify(sr.oracle)
+        all_gates += gates_for_scenario(sr.scenario.name, by_policy, oracle, klass)
+        win = winner(list(by_policy.values()))
+        winners.append((sr.scenario.name, win))
+        first = next(iter(sr.runs.values()), None)
+        sections += [
+            f"### {sr.scenario.name}",
+            "",
+            f"{sr.scenario.description} ({sr.scenario.duration_s:g} s, {len(sr.arrivals)} requests, "
+            f"SLO {sr.slo_ms:g} ms). Timeline: {_timeline_text(first.timeline if first else sr.scenario.phases)}.",
+            f"Oracle: the cloud could have met the SLO for {_pct(klass.good_share)} of the requests "
+            f"(network {'bad for some requests' if klass.bad else 'good throughout'}).",
+            "",
+            "| policy | p50 ms | p95 ms | p99 ms | SLO met | full model | minilm cosine | digits accuracy "
+            "| fallbacks | errors | lost |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        sections += [_row(s, s.name == win) for s in by_policy.values()]
+        sections.append(_row(oracle, False).replace("| oracle |", "| *oracle* |"))
+        sections += ["", f"Winner: **{win}**."]
+        for policy, why in sr.skipped.items():
+            sections.append(f"Skipped `{policy}`: {why}")
+        for s in by_policy.values():
+            if s.error_examples:
+                sections.append(f"`{s.name}` errors, e.g.: " + "; ".join(f"`{e}`" for e in s.error_examples))
+        sections += ["", f"![{sr.scenario.name}](routing_{sr.scenario.name}.png)", ""]
+
+    lines += [
+        "## Gates (issue 8, for `latency_aware`, from this run)",
+        "",
+        "- zero lost requests in every scenario;",
+        "- SLO attainment within 1 point of the oracle's in every scenario;",
+        "- at least 90% of the oracle's share of full-model (cloud) answers in every scenario;",
+        "- beats `cloud_only` on SLO attainment wherever the network is bad (the oracle sends at least one "
+        "request to the edge because the cloud would miss);",
+        "- beats `edge_only` on quality wherever the network is good (the oracle sends at least one request "
+        "to the cloud): higher `minilm` mean cosine and no lower `digits` accuracy.",
+        "",
+    ]
+    lines += _gate_table(all_gates)
+    lines += ["", "## Winners", "", "| scenario | winner |", "| --- | --- |"]
+    lines += [f"| {name} | {win} |" for name, win in winners]
+    skipped = {p: why for sr in result.scenarios for p, why in sr.skipped.items()}
+    if skipped:
+        lines += ["", "Policies not measured: " + "; ".join(f"`{p}` ({why})" for p, why in skipped.items())]
+    lines += [
+        "",
+        "A winner needs zero errors and zero lost requests; among those, the highest SLO attainment wins, "
+        "attainments within 1 point count as a tie, broken by the larger full-model share, then the lower p95.",
+        "",
+        "## Service times and the oracle",
+        "",
+        "Measured before the scenarios with the same load over a clean link (proxy with no delay), every "
+        "request pinned to one tier (`route=cloud`, then `route=edge`); medians:",
+        "",
+        "| model | S_edge ms | S_cloud ms | request bytes | cloud answer bytes |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for model in ("minilm", "digits"):
+        lines.append(f"| {model} | {st.edge_ms[model]:.1f} | {st.cloud_ms[model]:.1f} | "
+                     f"{st.request_bytes[model]:.0f} | {st.response_bytes[model]:.0f} |")
+    lines += [
+        "",
+        "For each request the oracle takes the conditions in force when the request was sent (the proxy's "
+        "timeline as applied, with measured switch times) and computes",
+        "",
+        "```",
+        "cloud_ms = 2 * E[one_way_ms] + S_cloud(model)",
+        f"           + 8 * (B_request + B_answer + 2 * {FRAMING_BYTES}) / bandwidth_kbps   (only under a cap)",
+        "edge_ms  = S_edge(model)",
+        "route    = cloud if the link is not blackholed and cloud_ms <= SLO, else edge",
+        "```",
+        "",
+        "`E[one_way_ms]` is the mean of the proxy's own per-chunk delay sampler for those conditions (base "
+        "delay plus the jitter draw, clamped at zero; estimated from 100,000 seeded draws, since the proxy "
+        "does not record the draws it made). 14 bytes per message are the gRPC length prefix and the HTTP/2 "
+        "frame header. The oracle's latency is the chosen route's expected latency; its quality is that tier's "
+        "answer for the same item (computed in-process from the same model files); it never errs or loses a "
+        "request. It ignores queueing (on the link or in either tier) beyond what the measured service times "
+        "contain, so under a bandwidth cap it is optimistic.",
+        "",
+        "## Results per scenario",
+        "",
+        "SLO met and full model are shares of all requests sent (an error or a lost request is a miss); "
+        "percentiles are over answered requests; minilm cosine is the mean cosine to the full model's "
+        "embedding; digits accuracy is against the held-out labels. Fallbacks: answers marked `fallback` "
+        "(the preferred tier failed or was too slow). Bold: the scenario's winner.",
+        "",
+    ]
+    lines += sections
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def summaries_json(result: BenchResult, workload: Workload | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"service_times": {
+        "edge_ms": dict(result.service.edge_ms), "cloud_ms": dict(result.service.cloud_ms),
+        "request_bytes": dict(result.service.request_bytes), "response_bytes": dict(result.service.response_bytes),
+    }, "scenarios": {}}
+    for sr in result.scenarios:
+        by_policy = {p: summarize(p, run.outcomes, sr.slo_ms) for p, run in sr.runs.items()}
+        entry: dict[str, Any] = {p: _summary_dict(s) for p, s in by_policy.items()}
+        if workload is not None:
+            entry["oracle"] = _summary_dict(summarize_oracle(sr.oracle, sr.arrivals, workload.tier_quality, sr.slo_ms))
+        entry["skipped"] = dict(sr.skipped)
+        out["scenarios"][sr.scenario.name] = entry
+    return out
+
+
+def _summary_dict(s: Summary) -> dict[str, Any]:
+    def clean(v: Any) -> Any:
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    return {k: clean(v) if not isinstance(v, tuple) else list(v) for k, v in s.__dict__.items()}
+
+
+def plot_scenario(sr: ScenarioResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [*sr.runs, "oracle"]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.9 * len(rows) + 0.8), sharex=True, squeeze=False)
+    first = next(iter(sr.runs.values()), None)
+    timeline = first.timeline if first is not None else list(sr.scenario.phases)
+    end = sr.scenario.duration_s
+    for ax, name in zip(axes[:, 0], rows, strict=True):
+        _draw_network(ax, timeline, end)
+        if name == "oracle":
+            points = [(a.t_s, c.latency_ms, c.route, "ok") for a, c in zip(sr.arrivals, sr.oracle, strict=True)]
+        else:
+            points = [(o.t_s, o.latency_ms, o.served_by, o.status) for o in sr.runs[name].outcomes]
+        for tier, colour in COLOURS.items():
+            xs = [t for t, lat, by, st in points if st == "ok" and by == tier and lat is not None]
+            ys = [max(lat, 0.5) for t, lat, by, st in points if st == "ok" and by == tier and lat is not None]
+            ax.scatter(xs, ys, s=7, c=colour, label=f"{tier}", zorder=3, linewidths=0)
+        bad = [(t, lat) for t, lat, _by, st in points if st == "error"]
+        if bad:
+            ax.scatter([t for t, _ in bad], [lat if lat else 2000 for _, lat in bad], marker="x", s=18,
+                       c="red", label="error", zorder=4)
+        lost = [t for t, _lat, _by, st in points if st == "lost"]
+        if lost:
+            ax.scatter(lost, [2500] * len(lost), marker="v", s=18, c="black", label="lost", zorder=4)
+        ax.axhline(sr.slo_ms, color="green", linestyle="--", linewidth=1, label=f"SLO {sr.slo_ms:g} ms", zorder=2)
+        ax.set_yscale("log")
+        ax.set_ylim(1, 3000)
+        ax.set_ylabel("latency ms")
+        ax.set_title(name, loc="left", fontsize=9)
+        ax.set_xlim(0, end)
+    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=5)
+    axes[-1, 0].set_xlabel("seconds since the scenario started (request send time)")
+    fig.suptitle(f"{sr.scenario.name}: latency per request, coloured by the tier that answered; "
+                 "grey = one-way network delay (right axis), dark band = blackhole", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _draw_network(ax: Any, timeline: Sequence[Phase], end: float) -> None:
+    twin = ax.twinx()
+    xs, ys = [], []
+    for i, phase in enumerate(timeline):
+        stop = timeline[i + 1].at_s if i + 1 < len(timeline) else end
+        c = phase.conditions
+        if c.blackhole:
+            ax.axvspan(phase.at_s, stop, color="0.35", alpha=0.35, zorder=0)
+        xs += [phase.at_s, stop]
+        level = expected_one_way_ms(c)
+        ys += [level, level]
+    twin.fill_between(xs, ys, step=None, color="0.85", zorder=0)
+    twin.set_ylim(0, max(300.0, max(ys or [0]) * 1.1))
+    twin.set_ylabel("one-way ms", fontsize=7, color="0.5")
+    twin.tick_params(labelsize=7, colors="0.5")
+    ax.set_zorder(twin.get_zorder() + 1)
+    ax.patch.set_visible(False)
+
+
+def write_report(result: BenchResult, workload: Workload, command: str | None = None) -> Path:
+    import json
+
+    out = result.config.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    for sr in result.scenarios:
+        plot_scenario(sr, out / f"routing_{sr.scenario.name}.png")
+    command = command or ("python -m bench.routing --quick" if result.config.quick else "python -m bench.routing")
+    path = out / "routing.md"
+    path.write_text(render_markdown(result, workload, command), encoding="utf-8")
+    (out / "routing.json").write_text(json.dumps(summaries_json(result, workload), indent=2) + "\n", encoding="utf-8")
+    return path
