@@ -12,7 +12,7 @@ together), ``fleet`` (``FleetConfig``), ``schema`` (the JSON Schema), ``errors``
 
 from agent.config.errors import FleetConfigError, Problem
 from agent.config.fleet import FleetConfig
-from agent.config.loader import load_fleet, parse_fleet
+from agent.config.loader import file_revision, load_fleet, parse_fleet
 from agent.config.model import (
     BatchingConfig,
     CloudConfig,
@@ -47,6 +47,7 @@ __all__ = [
     "RoutingConfig",
     "ServingConfig",
     "TlsConfig",
+    "file_revision",
     "load_fleet",
     "parse_fleet",
     "split_host_port",

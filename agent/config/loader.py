@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.config.document import Document, read_document
 from agent.config.errors import FleetConfigError, KeyPath, Problem, did_you_mean, one_of
@@ -42,6 +42,8 @@ from agent.config.model import (
 from agent.config.validation import Validator, describe
 
 FORMAT_VERSION = 1
+REVISION_DIGITS = 12
+S = TypeVar("S", bound=DeviceSettings)
 TOP_KEYS = ("version", "cloud", "models", "defaults", "groups", "devices")
 _NAME = re.compile(NAME_PATTERN)
 #: Settings that hold file paths; relative ones are taken from the fleet file's folder.
@@ -80,14 +82,21 @@ def parse_fleet(
     if not isinstance(doc.data, dict):
         raise FleetConfigError(doc.problems)
     builder = _Builder(doc, Path(base_dir) if base_dir is not None else None)
-    fleet = builder.build(hashlib.sha256(raw).hexdigest()[:12])
+    fleet = builder.build(hashlib.sha256(raw).hexdigest()[:REVISION_DIGITS])
     problems = builder.validator.problems()
     if problems or fleet is None:
         raise FleetConfigError(problems)
     return fleet
 
 
+def file_revision(path: str | os.PathLike[str]) -> str:
+    """The revision ``load_fleet(path)`` would report, without validating: to check for changes cheaply."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:REVISION_DIGITS]
+
+
 class _Builder:
+    """Checks a parsed document section by section and builds the ``FleetConfig`` when all is well."""
+
     def __init__(self, doc: Document, base_dir: Path | None):
         self.doc = doc
         self.base_dir = base_dir
@@ -244,8 +253,18 @@ class _Builder:
             return False
         return True
 
-    def effective(self, model, layers, cloud_raw, owner, context, *, extra=None, note=None):
-        """Merge ``cloud`` <- ``layers`` and validate the result as ``model``."""
+    def effective(
+        self,
+        model: type[S],
+        layers: list[tuple[KeyPath, dict[str, Any]]],
+        cloud_raw: dict[str, Any],
+        owner: KeyPath,
+        context: dict[str, Any],
+        *,
+        extra: dict[str, Any] | None = None,
+        note: str | None = None,
+    ) -> S | None:
+        """Merge ``cloud`` <- ``layers`` (each: where it is in the file, its data); validate as ``model``."""
         merged = Layered()
         merged.apply(cloud_raw, ("cloud",), at=("cloud",))
         for file_prefix, layer in layers:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.config import DeviceConfig, ModelRef, load_fleet, parse_fleet
+from agent.config import DeviceConfig, ModelRef, file_revision, load_fleet, parse_fleet
 from agent.config.layering import Layered
 
 pytestmark = pytest.mark.unit
@@ -153,7 +153,7 @@ def test_revision_is_the_file_hash_and_ignores_the_environment(tmp_path: Path):
     path = tmp_path / "fleet.yaml"
     path.write_text("version: 1\ncloud: {endpoint: '${EP:-127.0.0.1:8001}'}\ndevices: {a: {}}\n")
     first = load_fleet(path, env={})
-    assert first.revision == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert first.revision == hashlib.sha256(path.read_bytes()).hexdigest()[:12] == file_revision(path)
     other_env = load_fleet(path, env={"EP": "10.1.1.1:8001"})
     assert other_env.revision == first.revision and other_env.cloud.endpoint == "10.1.1.1:8001"
     assert first.device("a").revision == first.revision and first.device("a").source == str(path)
