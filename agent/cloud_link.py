@@ -248,8 +248,10 @@ class CloudLink:
         snap = self.rtt.snapshot(now)
         compute = self._compute_ms.get(model, 0.0)
         outstanding = 0.0
-        for entry in self._pending.values():
-            outstanding = max(outstanding, now - entry.sent_at - self._compute_ms.get(entry.model, 0.0))
+        # Entries are kept in send order, so the first one is the oldest (O(1) per decision).
+        oldest = next(iter(self._pending.values()), None)
+        if oldest is not None:
+            outstanding = now - oldest.sent_at - self._compute_ms.get(oldest.model, 0.0)
         for sent in self._probes.values():
             outstanding = max(outstanding, now - sent)
         breaker = self.breaker.state(now)
@@ -358,8 +360,7 @@ class CloudLink:
         entry = self._pending.pop(wire_id, None)
         if entry is None and self._pending:
             # A server that does not echo ids answers in order: match the oldest request.
-            oldest = min(self._pending, key=lambda k: self._pending[k].sent_at)
-            entry = self._pending.pop(oldest)
+            entry = self._pending.pop(next(iter(self._pending)))
         if entry is None:
             return
         if msg.error_message:

@@ -1,0 +1,167 @@
+"""The cloud link against a plain v2 server that knows nothing about fogline.
+
+The server below answers like a stock Triton/KServe would: it echoes request ids, reports no
+``compute_ms``, signals model errors in ``error_message`` and keeps the stream open. Some model names
+make it misbehave on purpose (never answer, kill the stream) so the link's failure handling shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+import pytest
+from fogline import codec
+from fogline.errors import Unavailable
+from fogline.inference import grpc_service_pb2 as pb
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
+
+from agent.cloud_link import CloudLink, LinkSettings
+
+pytestmark = pytest.mark.integration
+
+
+class PlainV2(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self):
+        self.ready_calls = 0
+
+    async def ServerReady(self, request, context):
+        self.ready_calls += 1
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        async for msg in request_iterator:
+            req = codec.request_from_proto(msg)
+            if req.model_name == "hang":
+                continue
+            if req.model_name == "die":
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+            if req.model_name == "boom":
+                yield pb.ModelStreamInferResponse(error_message="model boom failed",
+                                                  infer_response=pb.ModelInferResponse(id=msg.id))
+                continue
+            out = codec.InferResponse(req.model_name, {"y": req.inputs["x"] * 2}, "7", req.id)
+            yield pb.ModelStreamInferResponse(infer_response=codec.response_to_proto(out))
+
+
+async def start_server(port=0):
+    server = grpc.aio.server()
+    servicer = PlainV2()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, servicer, bound
+
+
+def settings(port, **kw):
+    base = dict(endpoint=f"127.0.0.1:{port}", probe_interval_ms=50, connect_timeout_ms=500,
+                request_timeout_ms=400, backoff_initial_ms=50, backoff_max_ms=200)
+    base.update(kw)
+    return LinkSettings(**base)
+
+
+def request(model, value, id_="client-id"):
+    return codec.InferRequest(model, {"x": np.full((1, 2), value, np.float32)}, id=id_)
+
+
+def test_multiplexed_answers_rtt_from_probes_and_model_errors():
+    async def scenario():
+        server, servicer, port = await start_server()
+        link = CloudLink(settings(port))
+        await link.start()
+        try:
+            assert await link.wait_usable(5.0)
+            await asyncio.sleep(0.3)
+            probes_before_traffic = servicer.ready_calls
+            answers = await asyncio.gather(*(link.submit(request("m", float(i), f"c{i}")) for i in range(20)))
+            with pytest.raises(Unavailable, match="model boom failed"):
+                await link.submit(request("boom", 1.0))
+            view = link.view("m")
+            return probes_before_traffic, answers, view, link.stats
+        finally:
+            await link.close()
+            await server.stop(None)
+
+    probes, answers, view, stats = asyncio.run(scenario())
+    assert probes >= 3  # probes ran while no request traffic flowed
+    for i, answer in enumerate(answers):
+        assert answer.response.id == f"c{i}"  # the client's id comes back, not the wire id
+        assert answer.response.outputs["y"].tolist() == [[2.0 * i, 2.0 * i]]
+    assert view.usable and view.rtt_ms is not None and 0 <= view.rtt_ms < 100
+    assert stats.answered == 20 and stats.connects == 1
+
+
+def test_stalled_stream_fails_pending_fast_and_reconnects():
+    async def scenario():
+        server, _, port = await start_server()
+        link = CloudLink(settings(port))
+        await link.start()
+        try:
+            assert await link.wait_usable(5.0)
+            start = time.monotonic()
+            with pytest.raises(Unavailable, match="stalled"):
+                await link.submit(request("hang", 1.0))
+            waited = time.monotonic() - start
+            assert await link.wait_usable(5.0)
+            answer = await link.submit(request("m", 3.0))
+            return waited, answer, link.stats
+        finally:
+            await link.close()
+            await server.stop(None)
+
+    waited, answer, stats = asyncio.run(scenario())
+    assert 0.35 <= waited < 1.5
+    assert answer.response.outputs["y"].tolist() == [[6.0, 6.0]]
+    assert stats.connects == 2 and stats.disconnects == 1
+
+
+def test_broken_stream_fails_every_pending_request_at_once():
+    async def scenario():
+        server, _, port = await start_server()
+        link = CloudLink(settings(port, request_timeout_ms=10_000))
+        await link.start()
+        try:
+            assert await link.wait_usable(5.0)
+            hung = [link.submit(request("hang", float(i))) for i in range(5)]
+            await asyncio.sleep(0.05)
+            start = time.monotonic()
+            link.submit(request("die", 0.0))
+            results = await asyncio.gather(*hung, return_exceptions=True)
+            return time.monotonic() - start, results
+        finally:
+            await link.close()
+            await server.stop(None)
+
+    elapsed, results = asyncio.run(scenario())
+    assert all(isinstance(r, Unavailable) for r in results), results
+    assert elapsed < 0.5  # no waiting for any timeout
+
+
+def test_cloud_down_then_back_on_the_same_port():
+    async def scenario():
+        server, _, port = await start_server()
+        link = CloudLink(settings(port))
+        await link.start()
+        try:
+            assert await link.wait_usable(5.0)
+            await server.stop(None)
+            await asyncio.sleep(0.3)
+            view = link.view("m")
+            with pytest.raises(Unavailable):
+                await link.submit(request("m", 1.0))  # fails at once: nothing to send it on
+            server, _, _ = await start_server(port)
+            start = time.monotonic()
+            assert await link.wait_usable(5.0)
+            back_after = time.monotonic() - start
+            answer = await link.submit(request("m", 2.0))
+            return view, back_after, answer
+        finally:
+            await link.close()
+            await server.stop(None)
+
+    view, back_after, answer = asyncio.run(scenario())
+    assert not view.usable and view.state in ("down", "connecting")
+    assert back_after < 2.0
+    assert answer.response.outputs["y"].tolist() == [[4.0, 4.0]]
