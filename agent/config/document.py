@@ -177,6 +177,7 @@ class _Walker:
         self.doc = doc
         self.env = env
         self.constructor = SafeConstructor()
+        self.flattened: dict[int, tuple[list[tuple[Node, Node]], set[int]]] = {}
         self.active: set[int] = set()  # ids of mapping/sequence nodes on the current walk (recursion guard)
         self.count = 0
 
@@ -216,18 +217,30 @@ class _Walker:
             items.append(self.walk(child, child_path))
         return items
 
-    def mapping(self, node: MappingNode, path: KeyPath) -> dict[str, Any]:
+    def pairs(self, node: MappingNode, path: KeyPath) -> tuple[list[tuple[Node, Node]], set[int]]:
+        """The mapping's (key, value) pairs with '<<' merges applied, and the ids of its own keys.
+
+        Pairs merged in from ``<<: *anchor`` come first and give way to the mapping's own keys. The
+        result is remembered per node, since an aliased mapping is walked once per alias.
+        """
+        known = self.flattened.get(id(node))
+        if known is not None:
+            return known
         own = {id(key) for key, _ in node.value}
         try:
             self.constructor.flatten_mapping(node)
         except ConstructorError as exc:
             self.problem(node, path, f"bad merge key '<<': {exc.problem}")
             node.value = [(k, v) for k, v in node.value if k.tag != "tag:yaml.org,2002:merge"]
-        # Pairs merged in from '<<: *anchor' come first and give way to the mapping's own keys.
         merged = [(k, v) for k, v in node.value if id(k) not in own]
-        own_keys = {k.value for k, _ in node.value if id(k) in own and isinstance(k, ScalarNode)}
+        self.flattened[id(node)] = ([*merged, *(pair for pair in node.value if id(pair[0]) in own)], own)
+        return self.flattened[id(node)]
+
+    def mapping(self, node: MappingNode, path: KeyPath) -> dict[str, Any]:
+        pairs, own = self.pairs(node, path)
+        own_keys = {k.value for k, _ in pairs if id(k) in own and isinstance(k, ScalarNode)}
         result: dict[str, Any] = {}
-        for key_node, value_node in [*merged, *(pair for pair in node.value if id(pair[0]) in own)]:
+        for key_node, value_node in pairs:
             if not isinstance(key_node, ScalarNode):
                 self.problem(key_node, path, "a key must be a plain name, not a list or mapping")
                 continue

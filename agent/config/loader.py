@@ -12,6 +12,7 @@ The file's top level::
     defaults: {...}       # DeviceSettings for every device
     groups: {NAME: {...}} # DeviceSettings for the devices of a group
     devices: {ID: {...}}  # DeviceSettings plus 'group: NAME'
+    x-anything: ...       # ignored: a place for YAML anchors (&name) to share blocks, as in Compose
 
 Each device gets ``cloud`` <- ``defaults`` <- its group <- its entry (see ``layering``). Defaults and
 every group are validated on their own as well, so a mistake in a group with no devices is still found.
@@ -118,7 +119,7 @@ class _Builder:
     def build(self, revision: str) -> FleetConfig | None:
         top: dict[str, Any] = self.doc.data
         for key in top:
-            if key not in TOP_KEYS:
+            if key not in TOP_KEYS and not key.startswith("x-"):
                 hint = did_you_mean(key, TOP_KEYS) or f"; the top level holds {one_of(TOP_KEYS)}"
                 self.error((key,), f"unknown key {key!r}{hint}", at_key=True)
         self.check_version(top)

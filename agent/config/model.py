@@ -34,8 +34,8 @@ from agent.config.interpolate import EnvText, typed_text
 #: The reference models every fleet knows without a catalogue (see DESIGN.md).
 BUILTIN_MODELS: dict[str, tuple[str, ...]] = {"minilm": (), "digits": ()}
 
-POLICIES = ("edge_only", "cloud_only", "latency_aware", "hedged", "cascade")
 Policy = Literal["edge_only", "cloud_only", "latency_aware", "hedged", "cascade"]
+POLICIES: tuple[str, ...] = get_args(Policy)
 
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+|\*)$")
 _VERSION = re.compile(r"^[0-9]+$")

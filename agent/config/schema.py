@@ -67,6 +67,7 @@ def fleet_schema() -> dict[str, Any]:
             ],
             "title": "ModelRef",
         }
+    schema["patternProperties"] = {"^x-": {"description": "ignored: a place for YAML anchors"}}
     for key in ("groups", "devices", "models"):
         schema["properties"][key]["propertyNames"] = {"pattern": NAME_PATTERN}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}

@@ -239,3 +239,22 @@ def test_layered_records_where_each_value_came_from():
         "time_ms",
     )
     assert layered.origin_of(("listen",)) is None
+
+
+def test_an_aliased_block_with_its_own_merge_key_is_read_the_same_each_time():
+    text = textwrap.dedent(
+        """
+        version: 1
+        x-shared:                      # x-* top-level keys hold anchors and are otherwise ignored
+          base: &base {slo_ms: 40, policy: hedged}
+        groups:
+          g: {routing: &tuned {<<: *base, slo_ms: 60}}
+        devices:
+          a: {routing: *tuned}
+          b: {group: g, routing: *tuned}
+        """
+    )
+    fleet = parse_fleet(text, env={})
+    for device_id in ("a", "b"):
+        routing = fleet.device(device_id).routing
+        assert (routing.slo_ms, routing.policy) == (60, "hedged")

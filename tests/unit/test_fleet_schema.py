@@ -39,6 +39,7 @@ def test_small_valid_files_are_accepted(validator):
         "version: 1\ndevices: {cam-1: }\n",
         "version: 1\ndefaults: {routing: , models: [digits, {name: minilm, version: '1'}]}\n",
         "version: 1\ndevices: {a: {metrics: {port: '${PORT:-9100}'}, routing: {hedge_delay_ms: null}}}\n",
+        "version: 1\nx-anchors: {fast: &fast {slo_ms: 20}}\ndevices: {a: {routing: *fast}}\n",
     ):
         data = yaml.safe_load(text)
         assert list(validator.iter_errors(data)) == [], text
