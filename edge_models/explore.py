@@ -26,6 +26,7 @@ from .fidelity import embedding_fidelity, load_sentences
 from .full_runtime import FullModel
 from .onnx_export import torch_threads
 from .quantize import Recipe, quantizable_nodes, quantize_onnx
+from .smooth import smooth_onnx
 from .text import TextEncoder
 
 
@@ -90,7 +91,7 @@ class MinilmLab:
         return result
 
     def quantize(self, recipe: Recipe, dst: Path, src: Path | None = None) -> Path:
-        feeds = self.calibration_feeds if recipe.method == "static_qdq" else []
+        feeds = self.calibration_feeds if recipe.needs_calibration else []
         quantize_onnx(src or self.fp32_path, dst, recipe, feeds)
         return dst
 
@@ -129,13 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge_models.explore")
     parser.add_argument("--models", type=Path, required=True, help="a built repository")
     parser.add_argument("--step", choices=["basic", "sensitivity"], default="basic")
-    parser.add_argument("--src", type=Path, default=None, help="FP32 ONNX to quantize (default: the build's)")
+    parser.add_argument("--smooth", type=float, default=None, help="smooth activations first (alpha)")
+    parser.add_argument("--ks", default="0,1,2,3,4,6,8", help="numbers of sensitive nodes to keep FP32")
     args = parser.parse_args(argv)
     lab = MinilmLab(args.models / "minilm" / "1")
-    src = args.src or lab.fp32_path
-    fp32_size = src.stat().st_size
+    fp32_size = lab.fp32_path.stat().st_size
     with tempfile.TemporaryDirectory(prefix="fogline-explore-") as tmp:
         scratch = Path(tmp)
+        src = lab.fp32_path
+        if args.smooth is not None:
+            src = scratch / "smoothed.onnx"
+            smooth_onnx(lab.fp32_path, src, lab.calibration_feeds, alpha=args.smooth)
         print(HEADER)
         print(row(lab, "FP32 ONNX", src, fp32_size))
         if args.step == "basic":
@@ -147,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             ranking = sensitivity(lab, base, scratch, src)
             for node, loss in ranking:
                 print(f"| {node} | {loss:.6f} |")
-            for k in (0, 1, 2, 3, 4, 6, 8, 12):
+            for k in (int(k) for k in args.ks.split(",")):
                 recipe = base.with_excluded(n for n, _ in ranking[:k])
                 path = lab.quantize(recipe, scratch / "q.onnx", src)
-                print(row(lab, f"dynamic per-channel MatMul+Gather, {k} most sensitive FP32", path, fp32_size), flush=True)
+                print(row(lab, f"smooth={args.smooth} dynamic per-channel MatMul+Gather, {k} most sensitive FP32", path, fp32_size), flush=True)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,12 @@ class Recipe:
     calibration: str = "minmax"  # static only: minmax | entropy | percentile
     activation_type: str = "QUInt8"  # static only
     extra_options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    smooth_alpha: float | None = None  # smooth activations first (edge_models.smooth); needs calibration
     note: str = ""
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "static_qdq" or self.smooth_alpha is not None
 
     def __post_init__(self) -> None:
         if self.method not in ("dynamic", "static_qdq"):
@@ -81,9 +87,17 @@ def quantize_onnx(
     """Write the INT8 version of ``src`` to ``dst`` following ``recipe``.
 
     ``calibration_feeds`` (a few input batches, the model's own input names) are required for
-    static recipes and ignored for dynamic ones.
+    static recipes and for smoothing, and ignored otherwise.
     """
-    with _quiet_root_logger():
+    if recipe.needs_calibration and not calibration_feeds:
+        raise ValueError("this recipe needs calibration batches (static ranges or smoothing)")
+    with _quiet_root_logger(), tempfile.TemporaryDirectory(prefix="fogline-quant-") as scratch:
+        if recipe.smooth_alpha is not None:
+            from .smooth import smooth_onnx
+
+            smoothed = Path(scratch) / "smoothed.onnx"
+            smooth_onnx(src, smoothed, calibration_feeds, alpha=recipe.smooth_alpha)
+            src = smoothed
         _quantize(src, dst, recipe, calibration_feeds)
 
 
@@ -122,8 +136,6 @@ def _quantize(
     if recipe.method == "dynamic":
         quantize_dynamic(str(src), str(dst), **common)
         return
-    if not calibration_feeds:
-        raise ValueError("static quantization needs calibration batches")
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,

@@ -1,0 +1,85 @@
+"""``fogline models build`` / ``verify`` as a user runs them, and concurrent ``ensure_models``.
+
+Determinism is checked on ``digits`` only (it trains a network, the part most likely to drift); the
+minilm build runs once, through the shared ``model_repo`` fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.models, pytest.mark.slow]
+
+
+def _fogline(repo_root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=f"{repo_root}:{repo_root / 'proto'}", OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "fogline.cli", "models", *args],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _files(version_dir: Path) -> dict:
+    return json.loads((version_dir / "manifest.json").read_text())["files"]
+
+
+def test_digits_build_is_deterministic_and_concurrent_ensure_is_safe(repo_root: Path, tmp_path: Path) -> None:
+    first = _fogline(repo_root, "build", "--out", str(tmp_path / "a"), "--only", "digits")
+    assert first.returncode == 0, first.stderr
+    assert "[digits" in first.stderr  # progress lines
+    assert "built digits" in first.stdout
+    # Two processes race to build the same repository; the lock makes one build and one wait.
+    code = (
+        "import sys; from edge_models.build import ensure_models; "
+        f"ensure_models({str(tmp_path / 'b')!r}, names=['digits'])"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{repo_root}:{repo_root / 'proto'}", OMP_NUM_THREADS="1")
+    racers = [subprocess.Popen([sys.executable, "-c", code], cwd=repo_root, env=env, stderr=subprocess.PIPE)
+              for _ in range(2)]  # fmt: skip
+    for proc in racers:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+    a, b = tmp_path / "a" / "digits" / "1", tmp_path / "b" / "digits" / "1"
+    assert _files(a) == _files(b)
+    assert (a / "manifest.json").read_bytes() == (b / "manifest.json").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "b" / "digits").iterdir()) == ["1"]  # no temp dirs left
+
+
+def test_verify_passes_on_a_good_build_and_catches_a_flipped_byte(
+    repo_root: Path, model_repo: Path, tmp_path: Path
+) -> None:
+    good = _fogline(repo_root, "verify", str(model_repo))
+    assert good.returncode == 0, good.stderr
+    assert "minilm 1: ok" in good.stdout and "digits 1: ok" in good.stdout
+
+    copy = tmp_path / "repo"
+    shutil.copytree(model_repo / "digits", copy / "digits")
+    target = copy / "digits" / "1" / "model.int8.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    target.write_bytes(bytes(data))
+    bad = _fogline(repo_root, "verify", str(copy))
+    assert bad.returncode == 1
+    assert "digits 1: FAILED" in bad.stderr and "model.int8.onnx: sha256 mismatch" in bad.stderr
+
+    target.unlink()
+    missing = _fogline(repo_root, "verify", str(copy), "--hashes-only")
+    assert missing.returncode == 1 and "model.int8.onnx: missing" in missing.stderr
+
+
+def test_verify_usage_errors(repo_root: Path, tmp_path: Path) -> None:
+    nothing = _fogline(repo_root, "verify", str(tmp_path / "absent"))
+    assert nothing.returncode == 1 and "no such directory" in nothing.stderr
+    empty = _fogline(repo_root, "verify", str(tmp_path))
+    assert empty.returncode == 1 and "no models found" in empty.stderr
+    usage = _fogline(repo_root, "build", "--only", "resnet")
+    assert usage.returncode == 2 and "invalid choice" in usage.stderr
+    bare = _fogline(repo_root)
+    assert bare.returncode == 2
