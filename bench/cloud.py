@@ -37,18 +37,26 @@ BATCH_SIZES = (1, 4, 8, 16, 32, 64)
 
 @dataclass
 class Run:
-    """One measured configuration."""
+    """One configuration, measured in several short rounds interleaved with the others."""
 
     label: str
-    requests: int
-    seconds: float
-    latencies_ms: list[float]
+    rates: list[float] = field(default_factory=list)  # requests (sentences) per second, one per round
+    latencies_ms: list[float] = field(default_factory=list)
     batch_rows: list[int] = field(default_factory=list)
     errors: int = 0
 
+    def add(
+        self, requests: int, seconds: float, latencies: list[float], batches: list[int], errors: int = 0
+    ) -> None:
+        self.rates.append(requests / seconds if seconds else 0.0)
+        self.latencies_ms += latencies
+        self.batch_rows += batches
+        self.errors += errors
+
     @property
     def throughput(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
+        """Median over the rounds."""
+        return float(np.median(self.rates)) if self.rates else 0.0
 
     def p(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -67,40 +75,37 @@ def sentences() -> list[str]:
 # ------------------------------------------------------------------------------------ in-process
 
 
-def measure_in_process(version_dir: Path, device: str, seconds: float, texts: list[str]) -> list[Run]:
-    """The full model called directly, batch by batch, for ``seconds`` per batch size."""
-    import torch
+class InProcess:
+    """The full model called directly in this process, on the same sentences as the served runs."""
 
-    from edge_models.full_runtime import FullModel
+    def __init__(self, version_dir: Path, device: str, texts: list[str]) -> None:
+        import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = FullModel.load(version_dir, device=device)
-    runs: list[Run] = []
-    cursor = 0
-    for batch in BATCH_SIZES:
+        from edge_models.full_runtime import FullModel
 
-        def next_batch(size: int = batch) -> np.ndarray:
-            nonlocal cursor
-            rows = [texts[(cursor + i) % len(texts)].encode() for i in range(size)]
-            cursor += size
-            return np.array(rows, dtype=object)
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.model = FullModel.load(version_dir, device=device)
+        self.texts = texts
+        self.cursor = 0
+        for batch in BATCH_SIZES:  # warm-up
+            for _ in range(2):
+                self.model.predict({"text": self._next(batch)})
 
-        for _ in range(3):  # warm-up
-            model.predict({"text": next_batch()})
+    def _next(self, size: int) -> np.ndarray:
+        rows = [self.texts[(self.cursor + i) % len(self.texts)].encode() for i in range(size)]
+        self.cursor += size
+        return np.array(rows, dtype=object)
+
+    def measure(self, batch: int, seconds: float) -> tuple[int, float, list[float], list[int]]:
+        """Call ``predict`` on ``batch`` sentences for ``seconds``: (sentences, seconds, latencies, batches)."""
         latencies: list[float] = []
         start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            inputs = {"text": next_batch()}
+        while time.perf_counter() - start < seconds or not latencies:
+            inputs = {"text": self._next(batch)}
             t0 = time.perf_counter()
-            model.predict(inputs)
+            self.model.predict(inputs)
             latencies.append((time.perf_counter() - t0) * 1e3)
-        elapsed = time.perf_counter() - start
-        runs.append(Run(f"in-process batch {batch}", len(latencies) * batch, elapsed, latencies, [batch]))
-        print(
-            f"  in-process batch {batch:>3}: {runs[-1].throughput:7.1f} sentences/s, p50 {runs[-1].p(50):.2f} ms"
-        )
-    del model
-    return runs
+        return len(latencies) * batch, time.perf_counter() - start, latencies, [batch] * len(latencies)
 
 
 # ------------------------------------------------------------------------------------ served
@@ -141,8 +146,13 @@ class ServerProcess:
             self.proc.wait(10)
 
 
-async def closed_loop(port: int, concurrency: int, seconds: float, warmup: float, texts: list[str]) -> Run:
-    """``concurrency`` streams, each with one request in flight, for ``warmup + seconds``."""
+async def closed_loop(
+    port: int, concurrency: int, seconds: float, warmup: float, texts: list[str]
+) -> tuple[int, float, list[float], list[int], int]:
+    """``concurrency`` streams, each with one request in flight, for ``warmup + seconds``.
+
+    Returns (answered requests, seconds, latencies in ms, batch rows per answer, errors).
+    """
     import grpc
     from fogline import codec
     from fogline.inference import grpc_service_pb2 as pb
@@ -188,34 +198,53 @@ async def closed_loop(port: int, concurrency: int, seconds: float, warmup: float
             await call.done_writing()
 
         await asyncio.gather(*(client(k) for k in range(concurrency)))
-    return Run("", len(latencies), seconds, latencies, batches, errors)
+    return len(latencies), seconds, latencies, batches, errors
 
 
-def measure_served(
-    models: Path, device: str, batching: bool, seconds: float, warmup: float, texts: list[str]
-) -> list[Run]:
-    server = ServerProcess(models, device, 32 if batching else 1)
-    runs = []
-    try:
+def measure(models: Path, device: str, rounds: int, seconds: float, warmup: float, texts: list[str]) -> dict:
+    """Every configuration, ``rounds`` times, interleaved, so a burst of load elsewhere on the machine
+    hits one round of each rather than all of one configuration."""
+    from edge_models.repository import ModelRepository
+
+    runs: dict[tuple[str, int], Run] = {}
+    for batch in BATCH_SIZES:
+        runs["in", batch] = Run(f"in-process batch {batch}")
+    for mode in ("on", "off"):
         for c in CONCURRENCY:
-            run = asyncio.run(closed_loop(server.port, c, seconds, warmup, texts))
-            run.label = f"gRPC stream, batching {'on' if batching else 'off'}, c={c}"
-            runs.append(run)
-            print(
-                f"  {run.label:<34} {run.throughput:7.1f} req/s, p50 {run.p(50):.2f} ms, "
-                f"p99 {run.p(99):.2f} ms, mean batch {run.mean_batch:.1f}, errors {run.errors}"
-            )
+            runs[mode, c] = Run(f"gRPC stream, batching {mode}, c={c}")
+    servers = {"on": ServerProcess(models, device, 32)}
+    try:
+        servers["off"] = ServerProcess(models, device, 1)
+        inproc = InProcess(ModelRepository(models).resolve("minilm"), device, texts)
+        print("warm-up round (not recorded) ...", flush=True)
+        for _ in texts:  # every sentence once, then batches of every size
+            inproc.measure(1, 0)
+        for batch in BATCH_SIZES:
+            inproc.measure(batch, seconds / 4)
+        for server in servers.values():
+            for c in CONCURRENCY:
+                asyncio.run(closed_loop(server.port, c, seconds / 2, 0, texts))
+        for r in range(rounds):
+            for batch in BATCH_SIZES:
+                runs["in", batch].add(*inproc.measure(batch, seconds / 2))
+            for mode, server in servers.items():
+                for c in CONCURRENCY:
+                    runs[mode, c].add(*asyncio.run(closed_loop(server.port, c, seconds, warmup, texts)))
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{run.label.replace('gRPC stream, ', '')} "
+                  f"{run.rates[-1]:.0f}/s" for run in runs.values()), flush=True)  # fmt: skip
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
     return runs
 
 
 # ------------------------------------------------------------------------------------ report
 
 
-def write_report(
-    out: Path, device: str, seconds: float, inproc: list[Run], on: list[Run], off: list[Run]
-) -> None:
+def write_report(out: Path, device: str, rounds: int, seconds: float, runs: dict) -> None:
+    inproc = [runs["in", b] for b in BATCH_SIZES]
+    on = [runs["on", c] for c in CONCURRENCY]
+    off = [runs["off", c] for c in CONCURRENCY]
     ceiling = max(inproc, key=lambda r: r.throughput)
     b1 = inproc[0]
     on_by_c = dict(zip(CONCURRENCY, on, strict=True))
@@ -225,11 +254,13 @@ def write_report(
     gain = on_by_c[32].throughput / off_by_c[32].throughput
     inproc_gain = ceiling.throughput / b1.throughput
     ok = "PASS" if ratio_32 >= 0.9 and c1_extra <= 2.0 else "FAIL"
-    cmd = "python -m bench.cloud" + (" --device cuda" if device == "cuda" else "")
+    cmd = " ".join(["python -m bench.cloud", *sys.argv[1:]])
     lines = [
         f"# Cloud tier benchmark ({device.upper()})",
         "",
-        f"`{cmd}` — model `minilm` (FP32 torch), one sentence per request, {seconds:g} s per row, one run.",
+        f"`{cmd}` — model `minilm` (FP32 torch), one sentence per request. One run of {rounds} rounds; each "
+        f"round measures every row ({seconds:g} s served, {seconds / 2:g} s in-process), interleaved. "
+        "Throughput: median over the rounds; latency percentiles: over all requests of the row.",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
         f"torch {_torch_version()}, device {device}. Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
         "",
@@ -299,27 +330,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cloud", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--models", type=Path, help="model repository (built if missing; default ./models)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per row (default 8)")
-    parser.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each row")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds over all rows (default 4)")
+    parser.add_argument(
+        "--seconds", type=float, default=2.5, help="measured seconds per served row and round"
+    )
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each served row")
     parser.add_argument("--out", type=Path, help="report path (default bench/results/cloud[-gpu].md)")
     args = parser.parse_args(argv)
 
     from edge_models.build import ensure_models
-    from edge_models.repository import ModelRepository, default_models_dir
+    from edge_models.repository import default_models_dir
 
     models = args.models or default_models_dir()
     ensure_models(models, names=["minilm"], progress=True)
-    texts = sentences()
     out = args.out or RESULTS / ("cloud-gpu.md" if args.device == "cuda" else "cloud.md")
-    print(f"in-process ceiling ({args.device}):")
-    inproc = measure_in_process(
-        ModelRepository(models).resolve("minilm"), args.device, args.seconds / 2, texts
-    )
-    print("served, batching on:")
-    on = measure_served(models, args.device, True, args.seconds, args.warmup, texts)
-    print("served, batching off:")
-    off = measure_served(models, args.device, False, args.seconds, args.warmup, texts)
-    write_report(out, args.device, args.seconds, inproc, on, off)
+    runs = measure(models, args.device, args.rounds, args.seconds, args.warmup, sentences())
+    write_report(out, args.device, args.rounds, args.seconds, runs)
     return 0
 
 

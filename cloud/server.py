@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
+from fogline.codec import datatype_to_dtype
 from fogline.errors import ConfigError
 from fogline.inference import grpc_service_pb2 as pb
 from fogline.inference import grpc_service_pb2_grpc as pb_grpc
@@ -36,8 +38,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 def load_models(settings: ServingSettings, repo: Any) -> list[Model]:
     """The newest version of every model in ``repo`` (a ModelRepository or a directory), loaded."""
     import torch
-    from edge_models.full_runtime import FullModel
 
+    from edge_models.full_runtime import FullModel
     from edge_models.repository import ModelRepository
 
     if not isinstance(repo, ModelRepository):
@@ -51,7 +53,22 @@ def load_models(settings: ServingSettings, repo: Any) -> list[Model]:
         raise ConfigError(
             f"no models found in {repo.root}; build them with: fogline models build --out {repo.root}"
         )
-    return [FullModel.load(repo.resolve(name), device=device) for name in names]
+    models = [FullModel.load(repo.resolve(name), device=device) for name in names]
+    for model in models:
+        warm_up(model)
+    return models
+
+
+def warm_up(model: Model, rows: int = 2) -> None:
+    """One call on a small made-up batch, so the first real request does not pay for lazy set-up."""
+    inputs: dict[str, np.ndarray] = {}
+    for spec in model.inputs:
+        shape = [rows if d == -1 else d for d in spec.shape]
+        if spec.datatype == "BYTES":
+            inputs[spec.name] = np.full(shape, b"warming up the model", dtype=object)
+        else:
+            inputs[spec.name] = np.zeros(shape, dtype=datatype_to_dtype(spec.datatype))
+    model.predict(inputs)
 
 
 class CloudServer:
