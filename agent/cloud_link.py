@@ -53,6 +53,10 @@ class LinkSettings:
     """How the link connects, probes and gives up (all times in ms)."""
 
     endpoint: str
+    #: "stream": Triton's multiplexed ModelStreamInfer; "unary": one ModelInfer call per request (for
+    #: servers whose stream is not Triton's, such as MLServer); "auto": stream, and switch to unary for
+    #: good if the server's stream turns out unusable before it ever answered.
+    mode: str = "auto"
     connect_timeout_ms: float = 1000.0
     #: An answer overdue by this much means the stream stalled: it is torn down and rebuilt.
     request_timeout_ms: float = 3000.0
@@ -67,6 +71,10 @@ class LinkSettings:
     failure_threshold: int = 3
     breaker_open_ms: float = 500.0
     rtt_alpha: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "stream", "unary"):
+            raise ValueError(f"link mode must be auto, stream or unary, got {self.mode!r}")
 
     @classmethod
     def from_config(cls, cloud: Any, routing: Any = None, **overrides: Any) -> LinkSettings:
@@ -162,6 +170,10 @@ class CloudLink:
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._call: Any = None
+        #: The transport in use now ("stream" or "unary"); see ``LinkSettings.mode``.
+        self.mode = "unary" if settings.mode == "unary" else "stream"
+        self._stream_answered = False
+        self._break_code: grpc.StatusCode | None = None
         self._connected = asyncio.Event()
         self._broken: asyncio.Event = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -214,7 +226,7 @@ class CloudLink:
         (link down, stream broken or stalled) or the cloud's own error. Never blocks."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[CloudAnswer] = loop.create_future()
-        if self._call is None or not self._connected.is_set():
+        if not self._connected.is_set() or (self.mode == "stream" and self._call is None):
             future.set_exception(Unavailable(f"cloud link to {self.settings.endpoint} is {self._state}"))
             return future
         wire_id = f"fl-{next(self._ids)}"
@@ -225,7 +237,10 @@ class CloudLink:
         )
         self._pending[wire_id] = _Pending(future, self.now_ms(), request.model_name, request.id)
         self.stats.sent += 1
-        task = asyncio.create_task(self._write(self._call, msg, wire_id))
+        if self.mode == "unary":
+            task = asyncio.create_task(self._unary(self._stub, msg, wire_id))
+        else:
+            task = asyncio.create_task(self._write(self._call, msg, wire_id))
         self._probe_tasks.add(task)
         task.add_done_callback(self._probe_tasks.discard)
         return future
@@ -241,6 +256,24 @@ class CloudLink:
             if entry is not None and not entry.future.done():
                 entry.future.set_exception(Unavailable(f"cloud stream write failed: {_describe(exc)}"))
             self._break(f"write failed: {_describe(exc)}")
+
+    async def _unary(self, stub: Any, msg: pb.ModelInferRequest, wire_id: str) -> None:
+        try:
+            reply = await stub.ModelInfer(msg, timeout=self.settings.request_timeout_ms / 1000.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            entry = self._pending.pop(wire_id, None)
+            self.stats.failed += 1
+            self.breaker.record_failure(self.now_ms())
+            if entry is not None and not entry.future.done():
+                entry.future.set_exception(Unavailable(f"cloud call failed: {_describe(exc)}"))
+            if isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.UNAVAILABLE:
+                self._break(_describe(exc))
+            return
+        entry = self._pending.pop(wire_id, None)
+        if entry is not None:
+            self._complete(entry, reply)
 
     # ------------------------------------------------------------------ router view
     def view(self, model: str) -> LinkView:
@@ -290,33 +323,51 @@ class CloudLink:
             self.stats.connects += 1
             self._state = "ready"
             self._connected.set()
-            log.info("cloud %s: stream open", self.settings.endpoint)
+            log.info("cloud %s: connected (%s)", self.settings.endpoint, self.mode)
             reason = await self._read_until_broken()
             self._connected.clear()
+            switched = self._maybe_switch_to_unary(reason)
             self._state = "down"
             self.stats.disconnects += 1
             self.stats.last_error = reason
-            log.info("cloud %s: stream lost (%s)", self.settings.endpoint, reason)
-            self.breaker.trip(self.now_ms())
+            log.info("cloud %s: connection lost (%s)", self.settings.endpoint, reason)
             self._fail_all(f"cloud stream lost: {reason}")
             await self._close_channel()
+            if switched:
+                continue  # the server is fine, only its stream is not Triton's: reconnect at once
+            self.breaker.trip(self.now_ms())
             # A stream that lived a while resets the backoff; one that dies at once keeps growing it.
             attempt = 0 if self.now_ms() - started > 2 * self.settings.backoff_max_ms else attempt + 1
             delay = backoff_ms(attempt, self.settings.backoff_initial_ms, self.settings.backoff_max_ms,
                                self.settings.backoff_jitter, self._rng)
             await asyncio.sleep(delay / 1000.0)
 
+    def _maybe_switch_to_unary(self, reason: str) -> bool:
+        """In auto mode, a stream that failed to decode (or answered without ids) before it ever gave a
+        proper answer belongs to a server without Triton's stream: use unary calls from now on."""
+        if self.settings.mode == "auto" and self.mode == "stream" and not self._stream_answered and \
+                self._break_code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED):
+            self.mode = "unary"
+            log.warning("cloud %s: its ModelStreamInfer is not Triton's (%s); using unary ModelInfer",
+                        self.settings.endpoint, reason)
+            return True
+        return False
+
     async def _open(self) -> None:
         self._channel = grpc.aio.insecure_channel(self.settings.endpoint,
                                                   options=self.settings.channel_options())
         await asyncio.wait_for(self._channel.channel_ready(), self.settings.connect_timeout_ms / 1000.0)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
-        self._call = self._stub.ModelStreamInfer()
+        self._call = self._stub.ModelStreamInfer() if self.mode == "stream" else None
         self._broken = asyncio.Event()
+        self._break_code = None
 
     async def _read_until_broken(self) -> str:
         call = self._call
-        reader = asyncio.create_task(self._read_loop(call))
+        if call is None:  # unary mode: watch the connection instead of a stream
+            reader = asyncio.create_task(self._watch_channel(self._channel))
+        else:
+            reader = asyncio.create_task(self._read_loop(call))
         broken = asyncio.create_task(self._broken.wait())
         done, _ = await asyncio.wait({reader, broken}, return_when=asyncio.FIRST_COMPLETED)
         self._call = None
@@ -324,7 +375,8 @@ class CloudLink:
             broken.cancel()
             return reader.result()
         reader.cancel()
-        call.cancel()
+        if call is not None:
+            call.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
         return self._broken_reason
@@ -335,11 +387,22 @@ class CloudLink:
                 msg = await call.read()
                 if msg is grpc.aio.EOF:
                     return "the cloud closed the stream"
+                if msg is None:  # grpc.aio hands None for a message it could not deserialize
+                    self._break_code = grpc.StatusCode.INTERNAL
+                    return "the cloud sent a stream message that is not a ModelStreamInferResponse"
                 self._on_message(msg)
         except grpc.aio.AioRpcError as exc:
+            self._break_code = exc.code()
             return _describe(exc)
         except Exception as exc:
             return _describe(exc)
+
+    async def _watch_channel(self, channel: Any) -> str:
+        while True:
+            state = channel.get_state()
+            if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+                return f"connection lost ({state.name.lower()})"
+            await channel.wait_for_state_change(state)
 
     def _break(self, reason: str) -> None:
         if not self._broken.is_set():
@@ -363,14 +426,25 @@ class CloudLink:
             entry = self._pending.pop(next(iter(self._pending)))
         if entry is None:
             return
+        if msg.error_message and not wire_id and not self._stream_answered and self.settings.mode == "auto":
+            # Triton names the request in every stream error; a server that does not is not speaking
+            # Triton's stream (MLServer sends bare ModelInferResponse messages that parse this way).
+            self._break_code = grpc.StatusCode.UNIMPLEMENTED
+            self._break("stream answers carry no request id (not a Triton-style stream)")
         if msg.error_message:
             self.stats.failed += 1
             self.breaker.record_failure(now)
             if not entry.future.done():
                 entry.future.set_exception(Unavailable(f"cloud error: {msg.error_message}"))
             return
+        self._stream_answered = True
+        self._complete(entry, msg.infer_response)
+
+    def _complete(self, entry: _Pending, reply: pb.ModelInferResponse) -> None:
+        """One answer arrived: decode it, learn from it (RTT, compute time, health), hand it over."""
+        now = self.now_ms()
         try:
-            response = codec.response_from_proto(msg.infer_response)
+            response = codec.response_from_proto(reply)
         except InvalidInput as exc:
             if not entry.future.done():
                 entry.future.set_exception(Unavailable(f"cloud sent a malformed answer: {exc}"))
@@ -407,8 +481,8 @@ class CloudLink:
             if not self._connected.is_set():
                 continue
             now = self.now_ms()
-            overdue = [e for e in self._pending.values() if now - e.sent_at > self.settings.request_timeout_ms]
-            if overdue:
+            oldest = next(iter(self._pending.values()), None)
+            if oldest is not None and now - oldest.sent_at > self.settings.request_timeout_ms:
                 self._break(f"no answer for {self.settings.request_timeout_ms:.0f} ms (stream stalled)")
                 continue
             last = max(self._last_probe_sent, self.rtt.last_sample_at or -1e18)

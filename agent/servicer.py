@@ -126,6 +126,8 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
                     task.cancel()
             for task in list(tasks):
                 task.cancel()
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                log.debug("stream closed by the client: %s", reader.exception())
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:

@@ -46,9 +46,31 @@ class PlainV2(pb_grpc.GRPCInferenceServiceServicer):
             yield pb.ModelStreamInferResponse(infer_response=codec.response_to_proto(out))
 
 
-async def start_server(port=0):
+class BareStream(PlainV2):
+    """Answers unary ModelInfer, but its stream sends bare ModelInferResponse messages (as MLServer does)."""
+
+    def __init__(self, version):
+        super().__init__()
+        self.version = version
+        self.unary_calls = 0
+
+    def answer(self, request):
+        req = codec.request_from_proto(request)
+        return codec.response_to_proto(codec.InferResponse(req.model_name, {"y": req.inputs["x"] * 2},
+                                                           self.version, req.id))
+
+    async def ModelInfer(self, request, context):
+        self.unary_calls += 1
+        return self.answer(request)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        async for msg in request_iterator:
+            yield self.answer(msg)
+
+
+async def start_server(port=0, servicer=None):
     server = grpc.aio.server()
-    servicer = PlainV2()
+    servicer = servicer or PlainV2()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -165,3 +187,31 @@ def test_cloud_down_then_back_on_the_same_port():
     assert not view.usable and view.state in ("down", "connecting")
     assert back_after < 2.0
     assert answer.response.outputs["y"].tolist() == [[4.0, 4.0]]
+
+
+@pytest.mark.parametrize("version", ["7", ""])
+def test_auto_mode_switches_to_unary_for_a_non_triton_stream(version):
+    """Version "7" makes the bare message unparseable (INTERNAL); "" makes it parse as an id-less error."""
+    async def scenario():
+        server, servicer, port = await start_server(servicer=BareStream(version))
+        link = CloudLink(settings(port))
+        await link.start()
+        try:
+            assert await link.wait_usable(5.0)
+            with pytest.raises(Unavailable):
+                await link.submit(request("m", 1.0))  # the stream attempt fails fast...
+            for _ in range(100):
+                if link.mode == "unary" and link.stats.connects >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert await link.wait_usable(5.0)
+            answers = await asyncio.gather(*(link.submit(request("m", float(i), f"u{i}")) for i in range(6)))
+            return link.mode, answers, servicer.unary_calls
+        finally:
+            await link.close()
+            await server.stop(None)
+
+    mode, answers, unary_calls = asyncio.run(scenario())
+    assert mode == "unary" and unary_calls == 6  # ...and from then on every request goes unary
+    assert [a.response.id for a in answers] == [f"u{i}" for i in range(6)]
+    assert answers[5].response.outputs["y"].tolist() == [[10.0, 10.0]]
