@@ -66,15 +66,13 @@ class _SelfAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
-        batch, seq, _ = x.shape
-        return x.view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
+        return x.view((*x.shape[:-1], self.heads, self.head_dim)).permute(0, 2, 1, 3)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + mask_bias
-        context = torch.matmul(torch.softmax(scores, dim=-1), v)
-        batch, _, seq, _ = context.shape
-        return context.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim)
+        context = torch.matmul(torch.softmax(scores, dim=-1), v).permute(0, 2, 1, 3).contiguous()
+        return context.view((*context.shape[:-2], self.heads * self.head_dim))
 
 
 class _DenseNorm(nn.Module):
@@ -143,11 +141,12 @@ class MiniLMEmbedder(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> torch.Tensor:
-        mask = attention_mask.to(torch.float32)
-        # Padded positions get a large negative score so softmax gives them no weight.
-        mask_bias = (1.0 - mask)[:, None, None, :] * -10000.0
+        # Padded positions get a large negative score so softmax gives them no weight. (Written as
+        # Hugging Face BERT writes it, so onnxruntime's fusion recognises the attention pattern.)
+        extended = attention_mask[:, None, None, :].to(torch.float32)
+        mask_bias = (1.0 - extended) * -10000.0
         hidden = self.encoder(self.embeddings(input_ids, token_type_ids), mask_bias)
-        weights = mask.unsqueeze(-1)
+        weights = attention_mask.to(torch.float32).unsqueeze(-1)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
         return F.normalize(pooled, p=2.0, dim=1, eps=1e-12)
 
