@@ -1,8 +1,8 @@
-"""The measuring half of ``bench.agent``: inputs, timed loops over the three paths, machine sampling.
+"""The measuring half of ``bench.agent``: inputs, timed loops over the paths, machine sampling.
 
-Three paths answer the same request: ``inproc`` (``EdgeModel.predict`` called in this process),
-``stream`` (the agent over one ``ModelStreamInfer`` stream, one request in flight) and ``unary`` (the
-agent over ``ModelInfer``). ``latency_blocks`` alternates blocks of the three so that whatever else
+A ``Route`` answers a request one way: ``inproc`` (``EdgeModel.predict`` called in this process),
+``stream`` (an agent over one ``ModelStreamInfer`` stream, one request in flight) or ``unary`` (an
+agent over ``ModelInfer``). ``latency_blocks`` alternates blocks of the paths so that whatever else
 the machine does hits them alike; ``throughput_agent`` / ``throughput_in_process`` run closed loops.
 
 Every agent answer is checked after its clock stops: no error, ``served_by == "edge"``, the right
@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("inproc", "stream", "unary")
 #: agent output vs in-process output, same single-row request: they run the same ONNX session settings
 ATOL = 1e-4
 
@@ -110,22 +109,37 @@ def check_reply(series: Series, reply: Any, expected: dict[str, np.ndarray] | No
                 return
 
 
-async def latency_blocks(port: int, model: Any, cases: list[dict[str, np.ndarray]], plan: Plan) -> dict[str, Series]:
-    """Rounds of (in-process, stream, unary) blocks over the same inputs, order rotated each round."""
+@dataclass(frozen=True)
+class Route:
+    """One way to answer a request: ``kind`` inproc / stream / unary, and the agent's port if any."""
+
+    key: str
+    kind: str
+    port: int | None = None
+
+
+async def latency_blocks(paths: list[Route], model: Any, cases: list[dict[str, np.ndarray]],
+                         plan: Plan) -> dict[str, Series]:
+    """Rounds of one block per path over the same inputs, the order of the paths rotated each round."""
+    import contextlib
+
     import grpc
     from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
     messages = _messages(model, cases)
     expected = [model.predict(case) for case in cases]
-    series = {mode: Series(mode) for mode in MODES}
+    series = {path.key: Series(path.key) for path in paths}
     n_block = plan.blocks[model.name]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        stream = stub.ModelStreamInfer()
+    async with contextlib.AsyncExitStack() as stack:
+        stubs: dict[int, Any] = {}
+        for port in {p.port for p in paths if p.port is not None}:
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+            stubs[port] = pb_grpc.GRPCInferenceServiceStub(channel)
+        streams = {p.key: stubs[p.port].ModelStreamInfer() for p in paths if p.kind == "stream"}
 
-        async def one(mode: str, i: int, into: Series | None) -> None:
+        async def one(path: Route, i: int, into: Series | None) -> None:
             k = i % len(cases)
-            if mode == "inproc":
+            if path.kind == "inproc":
                 t0 = time.perf_counter()
                 model.predict(cases[k])
                 t1 = time.perf_counter()
@@ -134,11 +148,12 @@ async def latency_blocks(port: int, model: Any, cases: list[dict[str, np.ndarray
                 return
             t0 = time.perf_counter()
             try:
-                if mode == "stream":
+                if path.kind == "stream":
+                    stream = streams[path.key]
                     await stream.write(messages[k])
                     reply = await stream.read()
                 else:
-                    reply = await stub.ModelInfer(messages[k])
+                    reply = await stubs[path.port].ModelInfer(messages[k])
             except grpc.aio.AioRpcError as exc:
                 if into is not None:
                     into.fail(f"{exc.code().name}: {exc.details()}")
@@ -149,7 +164,7 @@ async def latency_blocks(port: int, model: Any, cases: list[dict[str, np.ndarray
             if reply is grpc.aio.EOF:
                 into.fail("the stream ended")
                 return
-            if mode == "stream":
+            if path.kind == "stream":
                 if reply.error_message:
                     into.fail(reply.error_message)
                     return
@@ -157,28 +172,28 @@ async def latency_blocks(port: int, model: Any, cases: list[dict[str, np.ndarray
             into.latencies_ms.append((t1 - t0) * 1e3)
             check_reply(into, reply, expected[k])
 
-        for mode in MODES:  # warm every path (connections, caches) before anything counts
+        for path in paths:  # warm every path (connections, caches) before anything counts
             for i in range(plan.warmup):
-                await one(mode, i, None)
+                await one(path, i, None)
         for r in range(plan.rounds):
-            order = MODES[r % len(MODES):] + MODES[: r % len(MODES)]
-            for mode in order:
+            shift = r % len(paths)
+            for path in paths[shift:] + paths[:shift]:
                 for i in range(n_block):
-                    await one(mode, r * n_block + i, series[mode])
-        await stream.done_writing()
-        await stream.read()  # EOF: the agent ends the stream once every answer is out
+                    await one(path, r * n_block + i, series[path.key])
+        for stream in streams.values():
+            await stream.done_writing()
+            await stream.read()  # EOF: the agent ends the stream once every answer is out
     return series
 
 
 async def throughput_agent(port: int, model: Any, cases: list[dict[str, np.ndarray]], mode: str,
-                           concurrency: int, plan: Plan) -> Series:
+                           concurrency: int, plan: Plan, label: str) -> Series:
     """``concurrency`` closed-loop clients on one channel: each its own stream (``stream``) or caller
     (``unary``), one request in flight each; answers completed inside the window count."""
     import grpc
     from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
     messages = _messages(model, cases)
-    label = f"agent {mode}, c={concurrency}" + (" streams" if mode == "stream" else " callers")
     series = Series(label, seconds=plan.tput_s)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -258,33 +273,35 @@ def throughput_in_process(model: Any, cases: list[dict[str, np.ndarray]], thread
 
 
 class Sampler:
-    """Samples the machine (load average, CPU busy) and the agent process's CPU every half second."""
+    """Samples the machine (load average, CPU busy) and the agents' and this process's CPU, twice a second."""
 
-    def __init__(self, agent_pid: int, interval_s: float = 0.5) -> None:
+    def __init__(self, agent_pids: list[int], interval_s: float = 0.5) -> None:
         import psutil
 
         self._psutil = psutil
-        self._agent = psutil.Process(agent_pid)
+        self._agents = [psutil.Process(pid) for pid in agent_pids]
         self._me = psutil.Process()
         self._interval = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
-        self.samples: list[tuple[float, float, float, float]] = []  # load1, machine %, agent %, client %
+        self.samples: list[tuple[float, float, float, float]] = []  # load1, machine %, agents %, client %
         self.load_start = os.getloadavg()
 
     def start(self) -> None:
         self._psutil.cpu_percent(None)
-        self._agent.cpu_percent(None)
-        self._me.cpu_percent(None)
+        for proc in (*self._agents, self._me):
+            proc.cpu_percent(None)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                agent = self._agent.cpu_percent(None)
-            except self._psutil.Error:
-                agent = float("nan")
-            self.samples.append((os.getloadavg()[0], self._psutil.cpu_percent(None), agent,
+            agents = 0.0
+            for proc in self._agents:
+                try:
+                    agents += proc.cpu_percent(None)
+                except self._psutil.Error:
+                    pass
+            self.samples.append((os.getloadavg()[0], self._psutil.cpu_percent(None), agents,
                                  self._me.cpu_percent(None)))
 
     def stop(self) -> dict[str, Any]:
@@ -302,7 +319,7 @@ class Sampler:
             "load1_max": stat(0, np.max),
             "load1_end": os.getloadavg()[0],
             "machine_cpu_mean_pct": stat(1, np.mean),
-            "agent_cpu_mean_pct": stat(2, np.nanmean),
+            "agents_cpu_mean_pct": stat(2, np.mean),
             "client_cpu_mean_pct": stat(3, np.mean),
             "samples": len(cols),
         }
