@@ -46,6 +46,7 @@ from agent.rtt import RttEstimator, inband_sample_ms
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+COMPUTE_HALF_LIFE_MS = 5000.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class CloudLink:
         self._probes: dict[int, float] = {}
         self._ids = itertools.count(1)
         self._compute_ms: dict[str, float] = {}
+        self._compute_at: dict[str, float] = {}
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._call: Any = None
@@ -279,7 +281,7 @@ class CloudLink:
     def view(self, model: str) -> LinkView:
         now = self.now_ms()
         snap = self.rtt.snapshot(now)
-        compute = self._compute_ms.get(model, 0.0)
+        compute = self.compute_estimate_ms(model, now)
         outstanding = 0.0
         # Entries are kept in send order, so the first one is the oldest (O(1) per decision).
         oldest = next(iter(self._pending.values()), None)
@@ -296,6 +298,16 @@ class CloudLink:
             usable, state = True, "ready"
         return LinkView(usable=usable, state=state, rtt_ms=snap.smoothed_ms, rtt_high_ms=snap.high_ms,
                         outstanding_ms=outstanding, cloud_compute_ms=compute)
+
+    def compute_estimate_ms(self, model: str, now_ms: float) -> float:
+        """The cloud's compute time for ``model`` as last reported, halving every
+        ``COMPUTE_HALF_LIFE_MS`` without news: a cloud once seen slow gets tried again now and then
+        (under the edge's deadline protection) instead of being written off for good."""
+        estimate = self._compute_ms.get(model)
+        if estimate is None:
+            return 0.0
+        age = max(0.0, now_ms - self._compute_at.get(model, now_ms))
+        return estimate * 0.5 ** (age / COMPUTE_HALF_LIFE_MS)
 
     @property
     def pending_count(self) -> int:
@@ -455,6 +467,7 @@ class CloudLink:
         self.rtt.observe(inband_sample_ms(entry.sent_at, now, compute_ms), now)
         if compute_ms is not None:
             previous = self._compute_ms.get(entry.model)
+            self._compute_at[entry.model] = now
             self._compute_ms[entry.model] = compute_ms if previous is None else previous + 0.3 * (
                 compute_ms - previous)
         self.breaker.record_success(now)

@@ -42,7 +42,8 @@ class PlainV2(pb_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(error_message="model boom failed",
                                                   infer_response=pb.ModelInferResponse(id=msg.id))
                 continue
-            out = codec.InferResponse(req.model_name, {"y": req.inputs["x"] * 2}, "7", req.id)
+            params = {"compute_ms": 80.0} if req.model_name == "reports" else {}
+            out = codec.InferResponse(req.model_name, {"y": req.inputs["x"] * 2}, "7", req.id, params)
             yield pb.ModelStreamInferResponse(infer_response=codec.response_to_proto(out))
 
 
@@ -215,3 +216,28 @@ def test_auto_mode_switches_to_unary_for_a_non_triton_stream(version):
     assert mode == "unary" and unary_calls == 6  # ...and from then on every request goes unary
     assert [a.response.id for a in answers] == [f"u{i}" for i in range(6)]
     assert answers[5].response.outputs["y"].tolist() == [[10.0, 10.0]]
+
+
+def test_reported_compute_time_is_learned_and_fades_without_news():
+    offset = [0.0]
+
+    async def scenario():
+        server, _, port = await start_server()
+        link = CloudLink(settings(port), clock=lambda: time.monotonic() + offset[0])
+        await link.start()
+        try:
+            assert await link.wait_usable(5.0)
+            answer = await link.submit(request("reports", 1.0))
+            fresh = link.view("reports").cloud_compute_ms
+            other = link.view("m").cloud_compute_ms
+            offset[0] += 5.0  # five seconds without a word from the cloud about this model
+            faded = link.view("reports").cloud_compute_ms
+            return answer, fresh, other, faded
+        finally:
+            await link.close()
+            await server.stop(None)
+
+    answer, fresh, other, faded = asyncio.run(scenario())
+    assert answer.response.parameters["compute_ms"] == 80.0
+    assert fresh == pytest.approx(80.0, rel=0.01) and other == 0.0
+    assert faded == pytest.approx(40.0, rel=0.05)
