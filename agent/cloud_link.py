@@ -31,11 +31,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 from fogline import codec
-from fogline.errors import FoglineError, InvalidInput, Unavailable
+from fogline.errors import ConfigError, FoglineError, InvalidInput, Unavailable
 from fogline.inference import grpc_service_pb2 as pb
 from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
@@ -72,6 +73,14 @@ class LinkSettings:
     failure_threshold: int = 3
     breaker_open_ms: float = 500.0
     rtt_alpha: float = 0.3
+    #: TLS towards the cloud: server verified against ``ca_file`` (system roots when None), with a client
+    #: certificate when ``cert_file``/``key_file`` are set.
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Sent as ``authorization: Bearer <token>`` on every call.
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "stream", "unary"):
@@ -94,6 +103,15 @@ class LinkSettings:
                 value = getattr(keepalive, src, None)
                 if value is not None:
                     fields[dst] = float(value)
+        tls = getattr(cloud, "tls", None)
+        if tls is not None and getattr(tls, "enabled", False):
+            fields["tls"] = True
+            for name in ("ca_file", "cert_file", "key_file"):
+                value = getattr(tls, name, None)
+                fields[name] = None if value is None else str(value)
+        token = getattr(getattr(cloud, "credentials", None), "token", None)
+        if token:
+            fields["token"] = str(token)
         interval = getattr(routing, "probe_interval_ms", None) if routing is not None else None
         if interval is not None:
             fields["probe_interval_ms"] = float(interval)
@@ -101,6 +119,26 @@ class LinkSettings:
         if not fields.get("endpoint"):
             raise ValueError("the cloud link needs an endpoint (HOST:PORT)")
         return cls(**fields)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials (None for plaintext); ``ConfigError`` naming a file that cannot be read."""
+        if not self.tls:
+            return None
+
+        def read(path: str | None, what: str) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cloud.tls.{what}: cannot read {path} ({exc.strerror or exc})") from None
+
+        return grpc.ssl_channel_credentials(root_certificates=read(self.ca_file, "ca_file"),
+                                            private_key=read(self.key_file, "key_file"),
+                                            certificate_chain=read(self.cert_file, "cert_file"))
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else None
 
     def channel_options(self) -> list[tuple[str, Any]]:
         return [
@@ -158,6 +196,8 @@ class CloudLink:
     def __init__(self, settings: LinkSettings, *, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None) -> None:
         self.settings = settings
+        self._credentials = settings.channel_credentials()  # read the files now: a bad path fails at start
+        self._metadata = settings.call_metadata()
         self._clock = clock
         self._rng = rng or random.Random()
         self.rtt = RttEstimator(alpha=settings.rtt_alpha)
@@ -261,7 +301,8 @@ class CloudLink:
 
     async def _unary(self, stub: Any, msg: pb.ModelInferRequest, wire_id: str) -> None:
         try:
-            reply = await stub.ModelInfer(msg, timeout=self.settings.request_timeout_ms / 1000.0)
+            reply = await stub.ModelInfer(msg, timeout=self.settings.request_timeout_ms / 1000.0,
+                                          metadata=self._metadata)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -366,11 +407,15 @@ class CloudLink:
         return False
 
     async def _open(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.settings.endpoint,
-                                                  options=self.settings.channel_options())
+        if self._credentials is not None:
+            self._channel = grpc.aio.secure_channel(self.settings.endpoint, self._credentials,
+                                                    options=self.settings.channel_options())
+        else:
+            self._channel = grpc.aio.insecure_channel(self.settings.endpoint,
+                                                      options=self.settings.channel_options())
         await asyncio.wait_for(self._channel.channel_ready(), self.settings.connect_timeout_ms / 1000.0)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
-        self._call = self._stub.ModelStreamInfer() if self.mode == "stream" else None
+        self._call = self._stub.ModelStreamInfer(metadata=self._metadata) if self.mode == "stream" else None
         self._broken = asyncio.Event()
         self._break_code = None
 
@@ -521,7 +566,8 @@ class CloudLink:
         sent = self.now_ms()
         self._probes[probe_id] = sent
         try:
-            reply = await stub.ServerReady(pb.ServerReadyRequest(), timeout=self.probe_timeout_ms() / 1000.0)
+            reply = await stub.ServerReady(pb.ServerReadyRequest(), timeout=self.probe_timeout_ms() / 1000.0,
+                                           metadata=self._metadata)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -529,6 +575,10 @@ class CloudLink:
                 return  # the stream this probe belonged to is already gone
             now = self.now_ms()
             self.stats.probes_failed += 1
+            reason = f"probe failed: {_describe(exc)}"
+            if reason != self.stats.last_error:
+                log.info("cloud %s: %s", self.settings.endpoint, reason)
+                self.stats.last_error = reason
             self.breaker.record_failure(now)
             if self.breaker.state(now) is not BreakerState.CLOSED:
                 self._break(f"probes failing ({_describe(exc)})")

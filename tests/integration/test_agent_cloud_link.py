@@ -8,13 +8,15 @@ make it misbehave on purpose (never answer, kill the stream) so the link's failu
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 
 import grpc
 import numpy as np
 import pytest
 from fogline import codec
-from fogline.errors import Unavailable
+from fogline.errors import ConfigError, Unavailable
 from fogline.inference import grpc_service_pb2 as pb
 from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
@@ -241,3 +243,47 @@ def test_reported_compute_time_is_learned_and_fades_without_news():
     assert answer.response.parameters["compute_ms"] == 80.0
     assert fresh == pytest.approx(80.0, rel=0.01) and other == 0.0
     assert faded == pytest.approx(40.0, rel=0.05)
+
+
+def make_cert(folder):
+    """A self-signed certificate for 127.0.0.1 (openssl), as a cloud behind TLS would present."""
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    return key, cert
+
+
+class TokenChecking(PlainV2):
+    async def ServerReady(self, request, context):
+        if ("authorization", "Bearer s3cret") not in tuple(context.invocation_metadata()):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad token")
+        return await super().ServerReady(request, context)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_tls_and_bearer_token(tmp_path):
+    key, cert = make_cert(tmp_path)
+
+    async def scenario(token):
+        server = grpc.aio.server()
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(TokenChecking(), server)
+        creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+        port = server.add_secure_port("127.0.0.1:0", creds)
+        await server.start()
+        link = CloudLink(settings(port, tls=True, ca_file=str(cert), token=token))
+        await link.start()
+        try:
+            if not await link.wait_usable(3.0):
+                return None
+            return await link.submit(request("m", 4.0))
+        finally:
+            await link.close()
+            await server.stop(None)
+
+    answer = asyncio.run(scenario("s3cret"))
+    assert answer is not None and answer.response.outputs["y"].tolist() == [[8.0, 8.0]]
+    assert asyncio.run(scenario("wrong")) is None  # probes are refused: never usable
+    assert "s3cret" not in repr(settings(1, token="s3cret"))
+    with pytest.raises(ConfigError, match="ca_file"):
+        CloudLink(settings(1, tls=True, ca_file=str(tmp_path / "missing.pem")))
