@@ -25,9 +25,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from agent.cloud_link import MAX_MESSAGE_BYTES, CloudLink, LinkSettings
+from agent.cloud_link import CloudLink
 from agent.dataplane import DataPlane
 from agent.edge_pool import EdgePool
+from agent.link_settings import MAX_MESSAGE_BYTES, LinkSettings
 from agent.router import RoutingPolicy
 from agent.servicer import AgentServicer
 

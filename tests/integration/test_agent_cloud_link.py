@@ -20,7 +20,8 @@ from fogline.errors import ConfigError, Unavailable
 from fogline.inference import grpc_service_pb2 as pb
 from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
-from agent.cloud_link import CloudLink, LinkSettings
+from agent.cloud_link import CloudLink
+from agent.link_settings import LinkSettings
 
 pytestmark = pytest.mark.integration
 

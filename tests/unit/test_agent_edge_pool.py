@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from fogline.errors import InvalidInput
 
-from agent.cloud_link import LinkSettings, backoff_ms
 from agent.edge_pool import EdgeRunner, warmup_inputs
+from agent.link_settings import LinkSettings, backoff_ms
 
 pytestmark = pytest.mark.unit
 
