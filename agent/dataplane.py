@@ -71,13 +71,18 @@ class DataPlane:
         self._clock = clock
 
     # ------------------------------------------------------------------ the request flow
-    async def infer(self, request: codec.InferRequest) -> codec.InferResponse:
+    async def infer(self, request: codec.InferRequest, *, time_left_ms: float | None = None
+                    ) -> codec.InferResponse:
+        """Answer one request. ``time_left_ms`` is the caller's transport deadline (a gRPC timeout), which
+        tightens the budget when it is shorter than the request's ``deadline_ms`` or the SLO."""
         started = self._clock()
         self.stats.requests += 1
         try:
             route = codec.route_of(request.parameters)
             deadline_ms = codec.deadline_ms_of(request.parameters)
             budget = float(deadline_ms) if deadline_ms is not None else self.policy.slo_ms
+            if time_left_ms is not None:
+                budget = max(1.0, min(budget, time_left_ms))
             # The agent serves the models its device lists (the cloud is their second tier, not a
             # catalogue of its own): anything else is NOT_FOUND, whatever the cloud might host.
             runner = self.edge.require(request.model_name, request.model_version)

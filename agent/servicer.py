@@ -24,7 +24,8 @@ from agent.dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 
-_DONE = object()
+#: Kept from a client's gRPC deadline for sending the answer back.
+TRANSPORT_MARGIN_MS = 5.0
 
 
 class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -71,7 +72,9 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self.drain_event.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the agent is shutting down; retry on another")
         try:
-            response = await self.dataplane.infer(codec.request_from_proto(request))
+            remaining = context.time_remaining()
+            time_left_ms = None if remaining is None else remaining * 1000.0 - TRANSPORT_MARGIN_MS
+            response = await self.dataplane.infer(codec.request_from_proto(request), time_left_ms=time_left_ms)
             return codec.response_to_proto(response)
         except Exception as exc:
             await _abort(context, exc)
