@@ -61,12 +61,13 @@ def smooth_onnx(
     feeds: Sequence[Mapping[str, np.ndarray]],
     alpha: float = 0.5,
     exclude_inputs: Sequence[str] = (),
-    alpha_overrides: Mapping[str, float] | None = None,
+    alpha_overrides: Mapping[str, float | None] | None = None,
 ) -> list[str]:
     """Write a smoothed copy of ``src`` to ``dst``; returns the activation tensors that were smoothed.
 
     ``alpha_overrides`` maps a substring of a MatMul node name to the alpha used for its input
-    (for example ``{"/output/dense/": 0.8}``); other inputs use ``alpha``.
+    (for example ``{"/output/dense/": 0.8}``); other inputs use ``alpha``. An override of ``None``
+    leaves that input unsmoothed.
     """
     import onnx
     from onnx import numpy_helper
@@ -77,12 +78,16 @@ def smooth_onnx(
     inits = {i.name: i for i in model.graph.initializer}
     first_use = {id(node): i for i, node in enumerate(model.graph.node)}
     insert: list[tuple[int, object]] = []
+    done: list[str] = []
     for name in sorted(groups):
         nodes = groups[name]
-        a = alpha
+        a: float | None = alpha
         for pattern, value in (alpha_overrides or {}).items():
             if any(pattern in n.name for n in nodes):
                 a = value
+        if a is None:
+            continue
+        done.append(name)
         weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
         w_amax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
         scale = (ranges[name] ** a) / np.maximum(w_amax, 1e-8) ** (1.0 - a)
@@ -101,4 +106,4 @@ def smooth_onnx(
     for position, mul in sorted(insert, key=lambda item: -item[0]):
         model.graph.node.insert(position, mul)
     onnx.save(model, str(dst))
-    return sorted(groups)
+    return done
