@@ -146,7 +146,7 @@ class DataPlane:
         # The cloud is late: start the edge now, and take whichever answer comes first.
         edge_task = asyncio.ensure_future(self._run_edge(request, runner, "cloud_late", True))
         done, _ = await asyncio.wait({future, edge_task}, return_when=asyncio.FIRST_COMPLETED)
-        if future in done and future.exception() is None and not edge_task.done():
+        if future in done and future.exception() is None:
             edge_task.add_done_callback(_consume)
             return self._cloud_response(request, future.result().response, decision.reason, decision.fallback)
         return await edge_task
