@@ -7,7 +7,9 @@ Reads the device's effective settings from the fleet file (flags override them),
 opens the cloud stream and serves until SIGTERM or SIGINT, which drains: no new requests are taken,
 everything in flight is answered, then it exits 0. Bad configuration or flags exit 2, anything that
 stops it from serving (models missing, port taken) exits 1, each with one line saying why.
-Under systemd (``Type=notify``) it reports READY once serving and STOPPING while draining.
+Under systemd (``Type=notify``) it reports READY once serving and STOPPING while draining, and pings
+the watchdog (``WatchdogSec=``) from the event loop. Logging follows ``FOGLINE_LOG_LEVEL`` /
+``FOGLINE_LOG_FORMAT``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _load_device(path: str, device_id: str) -> Any:
 
 
 async def serve(device: Any, args: argparse.Namespace, prog: str) -> int:
-    from agent.sdnotify import Notifier
+    from agent.sdnotify import Notifier, Watchdog
     from agent.server import create_server
 
     server, port = create_server(device, listen=args.listen, cloud=args.cloud, models_dir=args.models)
@@ -69,14 +71,21 @@ async def serve(device: Any, args: argparse.Namespace, prog: str) -> int:
     line = f"serving {models} on {host}:{port} (cloud {cloud}, policy {server.dataplane.policy.policy.value})"
     print(f"{prog}: {line}", flush=True)
     notifier.ready(line)
+    # Under WatchdogSec=, ping from the event loop while the server takes work: a wedged loop or a
+    # server that stopped serving gets restarted by systemd.
+    dog = Watchdog(notifier, healthy=lambda: server.servicer.ready and not server.servicer.drain_event.is_set())
+    dog.start()
     await server.wait_for_termination()
+    await dog.stop()
     print(f"{prog}: stopped", flush=True)
     return 0
 
 
 def main(argv: list[str] | None = None, prog: str = "fogline agent") -> int:
     args = build_parser(prog).parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agent.logs import setup_logging_from_env
+
+    setup_logging_from_env()
     try:
         device = _load_device(args.config, args.device)
         from agent.server import split_host_port

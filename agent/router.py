@@ -53,6 +53,8 @@ class RoutingPolicy:
     rtt_recover_ms: float = 100.0
     hedge_delay_ms: float | None = None
     cascade_threshold: float | None = None
+    #: Per-model cascade thresholds, ``((model, threshold), ...)``, overriding ``cascade_threshold``.
+    cascade_thresholds: tuple[tuple[str, float], ...] = ()
     #: Allowance for scheduling jitter added to every prediction (event loop, thread hand-off).
     margin_ms: float = 5.0
 
@@ -75,13 +77,15 @@ class RoutingPolicy:
             if value is not None:
                 fields[name] = getattr(value, "value", value)
         threshold = getattr(routing, "cascade_threshold", None)
-        if threshold is None:
-            thresholds = getattr(routing, "cascade_thresholds", None)
-            if isinstance(thresholds, (int, float)):
-                threshold = thresholds
         if threshold is not None:
             fields["cascade_threshold"] = float(threshold)
+        per_model = getattr(routing, "cascade_thresholds", None)
+        if isinstance(per_model, dict):
+            fields["cascade_thresholds"] = tuple(sorted((str(k), float(v)) for k, v in per_model.items()))
         return cls(**fields)
+
+    def cascade_threshold_for(self, model: str) -> float | None:
+        return dict(self.cascade_thresholds).get(model, self.cascade_threshold)
 
 
 @dataclass(frozen=True)
@@ -286,7 +290,7 @@ def _hedged(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: R
 
 def _cascade(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory) -> Decision:
     decision = _latency_aware(policy, obs, req, memory)
-    if decision.tier is Tier.CLOUD and policy.cascade_threshold is not None and obs.edge.available:
+    if decision.tier is Tier.CLOUD and policy.cascade_threshold_for(req.model) is not None and obs.edge.available:
         return _edge_then_cloud(policy, obs, req, memory)
     return decision
 
@@ -298,7 +302,7 @@ def _edge_then_cloud(policy: RoutingPolicy, obs: Observation, req: RequestView, 
     room = edge_ms + cloud_ms <= req.deadline_ms
     return replace(
         _edge("cascade", obs, memory, policy),
-        escalate_below=policy.cascade_threshold if room else None,
+        escalate_below=policy.cascade_threshold_for(req.model) if room else None,
     )
 
 

@@ -119,3 +119,31 @@ def test_missing_config_file_exits_2(tmp_path):
     out = subprocess.run(agent_cmd("run", "--config", str(tmp_path / "nope.yaml"), "--device", "x"),
                          capture_output=True, text=True, env=ENV, cwd=REPO, timeout=60)
     assert out.returncode == 2 and "nope.yaml" in out.stderr
+
+
+def test_systemd_notify_ready_watchdog_and_stopping(fleet, model_repo, tmp_path):
+    import socket
+
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    env = dict(ENV, NOTIFY_SOCKET=str(path), WATCHDOG_USEC="1000000")
+    proc = subprocess.Popen(
+        agent_cmd("run", "--config", str(fleet), "--device", "cam-001", "--models", str(model_repo)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )
+    try:
+        seen: list[str] = []
+        while not any("WATCHDOG=1" in m for m in seen):
+            seen.append(sock.recv(4096).decode())
+        assert "READY=1" in seen[0] and "serving" in seen[0]
+        proc.send_signal(signal.SIGTERM)
+        while not any("STOPPING=1" in m for m in seen):
+            seen.append(sock.recv(4096).decode())
+        assert proc.wait(30) == 0
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

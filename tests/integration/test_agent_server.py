@@ -150,3 +150,18 @@ def test_deadline_parameter_tightens_the_wait_for_the_cloud(model_repo, cloud):
                             config=device_config(rtt_threshold_ms=200, rtt_recover_ms=150, slo_ms=300))
     assert all(r.parameters["served_by"] == "cloud" for r in loose), [r.parameters for r in loose]
     assert all(r.parameters["served_by"] == "edge" and r.parameters["route_reason"] == "deadline" for r in tight)
+
+
+def test_cascade_escalates_low_confidence_edge_answers(model_repo, cloud):
+    async def body(rig, channel, stub):
+        return [await infer(stub, digits(str(i), deadline_ms=1000)) for i in range(4)]
+
+    config = device_config(policy="cascade")
+    escalate_all = config.model_copy(update={"routing": config.routing.model_copy(
+        update={"cascade_threshold": 1.0})})
+    never = config.model_copy(update={"routing": config.routing.model_copy(update={"cascade_threshold": 0.0})})
+    up = with_rig(model_repo, cloud, body, config=escalate_all)
+    down = with_rig(model_repo, cloud, body, config=never)
+    assert all(r.parameters["served_by"] == "cloud" and r.parameters["route_reason"] == "cascade_escalated"
+               for r in up[1:]), [r.parameters for r in up]
+    assert all(r.parameters["served_by"] == "edge" and r.parameters["route_reason"] == "cascade" for r in down[1:])

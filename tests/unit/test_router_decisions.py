@@ -169,6 +169,10 @@ def test_cascade_runs_edge_first_with_escalation_when_there_is_room():
     assert d.tier is Tier.EDGE and d.escalate_below == 0.8
     tight = decide(cascade, obs(rtt=10, service=60), req(deadline=70))
     assert tight.escalate_below is None
+    per_model = RoutingPolicy(policy="cascade", cascade_threshold=0.8, cascade_thresholds=(("digits", 0.95),))
+    assert decide(per_model, obs(rtt=10), req(deadline=100)).escalate_below == 0.95
+    other = decide(per_model, obs(rtt=10), RequestView(model="minilm", deadline_ms=100))
+    assert other.escalate_below == 0.8
 
 
 def test_policy_validation_and_from_config():
@@ -180,6 +184,7 @@ def test_policy_validation_and_from_config():
                           hedge_delay_ms=None, cascade_threshold=None, cascade_thresholds={"digits": 0.7})
     p = RoutingPolicy.from_config(cfg)
     assert p.policy is Policy.CLOUD_ONLY and p.slo_ms == 50 and p.rtt_recover_ms == 60
+    assert p.cascade_threshold_for("digits") == 0.7 and p.cascade_threshold_for("minilm") is None
 
 
 def test_next_memory_is_pure():
