@@ -24,7 +24,8 @@ fleet file (policy ``edge_only``; every request also says ``route: edge``) with 
 reconnecting in the background). The client is fogline's generated stub plus ``fogline.codec``;
 requests are converted to protobuf messages once, before timing (serializing them, a few microseconds,
 stays timed); every answer is checked (no error, ``served_by=edge``, the in-process output) after its
-clock stops.
+clock stops. Agents and the in-process model load one private copy of the edge files, so a rebuild of
+the repository during the run cannot make them differ.
 
 Gate (issue 6): p50 added latency on the streaming edge route < 1 ms, for both models.
 """
@@ -108,6 +109,26 @@ def write_fleet(directory: Path, spec: AgentSpec) -> Path:
     return path
 
 
+def snapshot_models(models_dir: Path, into: Path) -> Path:
+    """Copy what the edge needs (manifest, INT8 file, tokenizer) of each model's newest version into
+    ``into``: the agents and the in-process model then load the same bytes even if someone rebuilds
+    ``models_dir`` during the run."""
+    import shutil
+
+    from edge_models.repository import ModelRepository, read_manifest
+
+    repo = ModelRepository(models_dir)
+    for name in MODELS:
+        src = repo.resolve(name)
+        dst = into / name / src.name
+        dst.mkdir(parents=True)
+        artifacts = read_manifest(src)["artifacts"]
+        for rel in ["manifest.json", *(artifacts[k] for k in ("edge", "tokenizer") if k in artifacts)]:
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / rel, dst / rel)
+    return into
+
+
 def closed_port() -> int:
     """A loopback port nobody listens on (bound, read, released)."""
     import socket
@@ -171,9 +192,12 @@ def run(result: Result, plan: Plan, models_dir: Path) -> Result:
     procs = []
     try:
         with tempfile.TemporaryDirectory(prefix="fogline-bench-agent-") as tmp:
+            models_dir = snapshot_models(models_dir, Path(tmp) / "models")
+            fleets = Path(tmp) / "fleets"
+            fleets.mkdir()
             ports = {}
             for spec in result.agents:
-                proc, ports[spec.label] = start_agent(write_fleet(Path(tmp), spec), models_dir, result.cloud_mode)
+                proc, ports[spec.label] = start_agent(write_fleet(fleets, spec), models_dir, result.cloud_mode)
                 procs.append(proc)
             sampler = Sampler([p.popen.pid for p in procs])
             sampler.start()

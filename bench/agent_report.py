@@ -106,7 +106,7 @@ def write_markdown(path: Path, result: Result) -> None:
         f"`route: edge`, cloud: {cloud}. Agents: "
         + "; ".join(f"**{spec.label}**: {spec.describe()}" for spec in result.agents)
         + ". In-process: `EdgeModel.load(dir, intra_op_threads=1)` (the agent's session settings) called "
-        "in the benchmark process. The client is fogline's generated stub; requests are built as protobuf "
+        "in the benchmark process; both load one private copy of the INT8 files. The client is fogline's generated stub; requests are built as protobuf "
         "messages once before timing (serializing them stays timed). One input row per request, one "
         f"request in flight; {plan.rounds} rounds of one block per path, path order rotated each round, "
         + ", ".join(f"{n} requests per block for {k}" for k, n in plan.blocks.items()) + ".",
