@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud.settings import usable_cores
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCY = (1, 8, 32)
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)
@@ -83,7 +85,7 @@ class InProcess:
 
         from edge_models.full_runtime import FullModel
 
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(usable_cores())
         self.model = FullModel.load(version_dir, device=device)
         self.texts = texts
         self.cursor = 0
@@ -261,7 +263,7 @@ def write_report(out: Path, device: str, rounds: int, seconds: float, runs: dict
         f"`{cmd}` — model `minilm` (FP32 torch), one sentence per request. One run of {rounds} rounds; each "
         f"round measures every row ({seconds:g} s served, {seconds / 2:g} s in-process), interleaved. "
         "Throughput: median over the rounds; latency percentiles: over all requests of the row.",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"Machine: {platform.machine()}, {usable_cores()} usable CPU cores (of {os.cpu_count()}), Python {platform.python_version()}, "
         f"torch {_torch_version()}, device {device}. Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
         "",
         "| configuration | throughput (sentences/s) | p50 ms | p99 ms | mean batch rows |",
@@ -339,10 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from edge_models.build import ensure_models
-    from edge_models.repository import default_models_dir
+    from edge_models.repository import ModelRepository, default_models_dir
 
     models = args.models or default_models_dir()
-    ensure_models(models, names=["minilm"], progress=True)
+    if "minilm" not in ModelRepository(models).names():
+        ensure_models(models, names=["minilm"], progress=True)
     out = args.out or RESULTS / ("cloud-gpu.md" if args.device == "cuda" else "cloud.md")
     runs = measure(models, args.device, args.rounds, args.seconds, args.warmup, sentences())
     write_report(out, args.device, args.rounds, args.seconds, runs)

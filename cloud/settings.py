@@ -91,7 +91,15 @@ class ServingSettings:
         return Path(os.environ.get("FOGLINE_MODELS", "models"))
 
     def resolved_torch_threads(self) -> int:
-        return self.torch_threads or os.cpu_count() or 1
+        return self.torch_threads or usable_cores()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _check_int(key: str, value: Any, *, low: int, high: int | None = None) -> None:
