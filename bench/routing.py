@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -73,6 +74,8 @@ class PolicyRun:
     outcomes: list[Outcome]
     timeline: list[Phase]  # conditions as applied, with measured times (s from the schedule's start)
     wall_s: float
+    #: The host's 1-minute load average after the run (other work on the machine shows up in tails).
+    load_1m: float = 0.0
 
 
 @dataclass
@@ -154,7 +157,7 @@ class _Session:
                     task.cancel()
                 elif task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            return PolicyRun(policy, outcomes, applied, time.perf_counter() - started)
+            return PolicyRun(policy, outcomes, applied, time.perf_counter() - started, os.getloadavg()[0])
         finally:
             await control.close()
             if agent is not None:
@@ -220,7 +223,7 @@ async def _run(config: BenchConfig, workload: Workload, cloud_port: int, tmp: Pa
             result.runs[policy] = run
             ok = sum(o.status == "ok" for o in run.outcomes)
             cloud = sum(o.served_by == "cloud" for o in run.outcomes)
-            _log(f"  answered {ok}/{len(arrivals)}, cloud {cloud}, "
+            _log(f"  answered {ok}/{len(arrivals)}, cloud {cloud}, load {run.load_1m:.1f}, "
                  f"errors {sum(o.status == 'error' for o in run.outcomes)}, "
                  f"lost {sum(o.status == 'lost' for o in run.outcomes)}")
         reference = next(iter(result.runs.values()), None)

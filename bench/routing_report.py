@@ -69,10 +69,14 @@ def _timeline_text(phases: Sequence[Phase]) -> str:
             what += f" + {c.jitter_dist} jitter {c.jitter_ms:g} ms"
         if c.bandwidth_kbps:
             what += f", {c.bandwidth_kbps:g} kbit/s"
-        parts.append(f"{p.at_s:g} s: {what}")
+        parts.append(f"{p.at_s:.2f} s: {what}")
     if len(phases) > 8:
         parts.append(f"... ({len(phases)} phases)")
     return "; ".join(parts)
+
+
+def _loads(sr: ScenarioResult) -> str:
+    return ", ".join(f"{p} {run.load_1m:.1f}" for p, run in sr.runs.items()) or "n/a"
 
 
 def _gate_table(gates: list[GateResult]) -> list[str]:
@@ -109,6 +113,11 @@ def render_markdown(result: BenchResult, workload: Workload, command: str) -> st
         f"schedule for every policy of a scenario (seed {cfg.seed}). SLO {cfg.slo_ms:g} ms unless a scenario "
         "sets its own; requests carry no `deadline_ms`, so the agent's `slo_ms` is the deadline.",
         "",
+        f"The machine has {os.cpu_count()} cores shared by cloud, agent, proxy, load generator and whatever "
+        "else runs on the host; each scenario lists the host's load average after every run. A load well "
+        "above the core count means other work competed for the CPU, which shows up as latency tails even "
+        "for `edge_only`.",
+        "",
     ]
     all_gates: list[GateResult] = []
     sections: list[str] = []
@@ -126,7 +135,8 @@ def render_markdown(result: BenchResult, workload: Workload, command: str) -> st
             f"{sr.scenario.description} ({sr.scenario.duration_s:g} s, {len(sr.arrivals)} requests, "
             f"SLO {sr.slo_ms:g} ms). Timeline: {_timeline_text(first.timeline if first else sr.scenario.phases)}.",
             f"Oracle: the cloud could have met the SLO for {_pct(klass.good_share)} of the requests "
-            f"(network {'bad for some requests' if klass.bad else 'good throughout'}).",
+            f"(network {'bad for some requests' if klass.bad else 'good throughout'}). Host load average "
+            f"(1 min) after each run: {_loads(sr)}.",
             "",
             "| policy | p50 ms | p95 ms | p99 ms | SLO met | full model | minilm cosine | digits accuracy "
             "| fallbacks | errors | lost |",
