@@ -12,6 +12,7 @@ runs the same thing); the module is imported only when asked for.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 
 #: benchmark name -> (module, one-line description)
@@ -50,7 +51,11 @@ def main(argv: list[str] | None = None, prog: str = "fogline bench") -> int:
             print(f"{prog} {name}: missing dependency {exc.name!r} (install it with: pip install "
                   "'fogline[cloud,models,dev]')", file=sys.stderr)
         return 3
-    return int(module.main(rest, prog=f"{prog} {name}") or 0)
+    run = module.main
+    # ``main(argv, prog)`` is the convention; a benchmark whose main takes only argv still runs.
+    if "prog" in inspect.signature(run).parameters:
+        return int(run(rest, prog=f"{prog} {name}") or 0)
+    return int(run(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,13 @@ def test_quick_mode_loses_nothing(model_repo, tmp_path):
     assert "## Gates" in report and "latency_aware" in report
     assert (tmp_path / "routing_steady_good.png").stat().st_size > 10_000
     assert (tmp_path / "routing_outage.png").stat().st_size > 10_000
+
+
+def test_a_policy_the_agent_refuses_is_reported_as_a_start_error(tmp_path):
+    """The benchmark skips a policy when the agent exits with code 2 at start; this is that signal."""
+    from bench import routing_procs as procs
+
+    fleet = procs.write_fleet(tmp_path, "no_such_policy", cloud_port=9, slo_ms=100)
+    with pytest.raises(procs.StartError, match="code 2") as info:
+        procs.start_agent(fleet, cloud_port=9, models_dir=tmp_path, timeout_s=60)
+    assert "policy" in str(info.value)
