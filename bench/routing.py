@@ -239,7 +239,7 @@ def run_benchmark(config: BenchConfig, command: str | None = None) -> BenchResul
 
     started = time.perf_counter()
     _log(f"models in {config.models_dir} (building what is missing)")
-    ensure_models(config.models_dir)
+    ensure_models(config.models_dir, progress=True)
     workload = load_workload(config.models_dir)
     _log(f"workload: {len(workload.sentences)} sentences, {workload.split_note}")
     cloud, cloud_port = procs.start_cloud(config.models_dir)
