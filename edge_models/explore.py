@@ -22,7 +22,7 @@ import numpy as np
 
 from .build_minilm import ARTIFACTS, encode_batches
 from .build_minilm import RECIPE as MINILM_RECIPE
-from .edge_runtime import session_options
+from .edge_runtime import open_session
 from .fidelity import embedding_fidelity, load_sentences
 from .full_runtime import FullModel
 from .onnx_export import torch_threads
@@ -65,9 +65,7 @@ class MinilmLab:
                               8: self.encoder.encode(lengths[middle - 4 : middle + 4])}  # fmt: skip
 
     def session(self, path: Path) -> Any:  # also used unbound by DigitsLab
-        import onnxruntime as ort
-
-        return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
+        return open_session(path, 1)
 
     def embed(self, path: Path, key: str) -> np.ndarray:
         session = self.session(path)
