@@ -25,11 +25,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fogline import codec
-from fogline.errors import InvalidInput, ModelNotFound, Unavailable
+from fogline.errors import InvalidInput, ModelNotFound, Unavailable, status_of
 
+from agent.cloud_link import CloudAnswer
 from agent.edge_pool import EdgePool, EdgeRunner
+from agent.loop_lag import LoopLag
 from agent.router import (
     Decision,
     EdgeView,
@@ -62,12 +65,15 @@ class DataPlane:
     """Routes each request to the edge or the cloud and always produces an answer (or a clear error)."""
 
     def __init__(self, edge: EdgePool, link: object | None, policy: RoutingPolicy, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: Any = None) -> None:
         self.edge = edge
         self.link = link  # a CloudLink, or None for a device without a cloud
         self.policy = policy
         self.memory = RouterMemory()
         self.stats = DataPlaneStats()
+        #: An ``agent.metrics.AgentMetrics`` (or None): every answer and error is reported there too.
+        self.metrics = metrics
+        self.loop_lag = LoopLag()
         self._clock = clock
 
     # ------------------------------------------------------------------ the request flow
@@ -77,6 +83,8 @@ class DataPlane:
         tightens the budget when it is shorter than the request's ``deadline_ms`` or the SLO."""
         started = self._clock()
         self.stats.requests += 1
+        if self.metrics is not None:
+            self.metrics.inflight.inc()
         try:
             route = codec.route_of(request.parameters)
             deadline_ms = codec.deadline_ms_of(request.parameters)
@@ -89,18 +97,29 @@ class DataPlane:
             self._check_inputs(runner, request)
             decision = self._decide(request.model_name, route, budget, runner)
             response = await self._execute(request, decision, runner, started, budget)
-        except Exception:
+        except Exception as exc:
             self.stats.errors += 1
+            if self.metrics is not None:
+                self.metrics.observe_error(request.model_name, status_of(exc)[0].name)
             raise
-        self.stats.served_by[str(response.parameters.get("served_by"))] += 1
-        self.stats.reasons[str(response.parameters.get("route_reason"))] += 1
-        if response.parameters.get("fallback"):
-            self.stats.fallbacks += 1
+        finally:
+            if self.metrics is not None:
+                self.metrics.inflight.dec()
+        tier = str(response.parameters.get("served_by"))
+        reason = str(response.parameters.get("route_reason"))
+        fallback = bool(response.parameters.get("fallback"))
+        self.stats.served_by[tier] += 1
+        self.stats.reasons[reason] += 1
+        self.stats.fallbacks += fallback
+        if self.metrics is not None:
+            other = "cloud" if tier == "edge" else "edge"
+            self.metrics.observe_request(request.model_name, tier, reason, self._clock() - started,
+                                         fallback_from=other if fallback else None)
         return response
 
     def _decide(self, model: str, route: str, budget_ms: float, runner: EdgeRunner | None) -> Decision:
         link_view = self.link.view(model) if self.link is not None else NO_LINK
-        edge_view = runner.view() if runner is not None else EdgeView(available=False)
+        edge_view = runner.view(self.loop_lag.high_ms()) if runner is not None else EdgeView(available=False)
         decision = decide(self.policy, Observation(link_view, edge_view, self.memory),
                           RequestView(model=model, route=route, deadline_ms=budget_ms))
         if decision.memory.cloud_preferred != self.memory.cloud_preferred:
@@ -139,16 +158,21 @@ class DataPlane:
         if future.done():
             cloud_error = future.exception()
             if cloud_error is None:
-                return self._cloud_response(request, future.result().response, decision.reason, decision.fallback)
+                return self._cloud_response(request, future.result(), decision.reason, decision.fallback)
             if runner is None:
                 raise Unavailable(f"the cloud failed ({cloud_error}) and the model is not served on this device")
             return await self._run_edge(request, runner, "cloud_error", True)
         # The cloud is late: start the edge now, and take whichever answer comes first.
         edge_task = asyncio.ensure_future(self._run_edge(request, runner, "cloud_late", True))
         done, _ = await asyncio.wait({future, edge_task}, return_when=asyncio.FIRST_COMPLETED)
+        hedged = decision.reason.endswith("+hedge")
         if future in done and future.exception() is None:
             edge_task.add_done_callback(_consume)
-            return self._cloud_response(request, future.result().response, decision.reason, decision.fallback)
+            if hedged and self.metrics is not None:
+                self.metrics.observe_hedge(request.model_name, won=False)
+            return self._cloud_response(request, future.result(), decision.reason, decision.fallback)
+        if hedged and self.metrics is not None:
+            self.metrics.observe_hedge(request.model_name, won=True)
         return await edge_task
 
     async def _maybe_escalate(self, request: codec.InferRequest, response: codec.InferResponse,
@@ -165,8 +189,10 @@ class DataPlane:
             return response
         future = self.link.submit(request)  # type: ignore[attr-defined]
         await asyncio.wait({future}, timeout=remaining_ms / 1000.0)
+        if self.metrics is not None:
+            self.metrics.observe_escalation(request.model_name)
         if future.done() and future.exception() is None:
-            return self._cloud_response(request, future.result().response, "cascade_escalated", False)
+            return self._cloud_response(request, future.result(), "cascade_escalated", False)
         future.add_done_callback(_consume)
         return response
 
@@ -175,7 +201,10 @@ class DataPlane:
                         fallback: bool) -> codec.InferResponse:
         if runner is None:
             raise ModelNotFound(f"model {request.model_name!r} is not served on this device")
+        began = self._clock()
         outputs = await runner.predict(request.inputs)
+        if self.metrics is not None:
+            self.metrics.observe_latency(request.model_name, "edge", self._clock() - began)
         return codec.InferResponse(
             model_name=request.model_name,
             outputs=_select(outputs, request.outputs),
@@ -185,8 +214,11 @@ class DataPlane:
                         "model_version": runner.version},
         )
 
-    def _cloud_response(self, request: codec.InferRequest, answer: codec.InferResponse, reason: str,
+    def _cloud_response(self, request: codec.InferRequest, cloud: CloudAnswer, reason: str,
                         fallback: bool) -> codec.InferResponse:
+        if self.metrics is not None:
+            self.metrics.observe_latency(request.model_name, "cloud", cloud.elapsed_ms / 1000.0)
+        answer = cloud.response
         version = answer.model_version or str(answer.parameters.get("model_version", ""))
         return codec.InferResponse(
             model_name=request.model_name,

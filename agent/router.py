@@ -125,6 +125,12 @@ class EdgeView:
     workers: int = 1
     #: Expected time to run one request once it starts (ms).
     service_ms: float = 10.0
+    #: A high percentile of that time (ms; None = same as ``service_ms``): the edge backup timer
+    #: budgets for a slow run, so a deadline holds on a busy CPU too.
+    service_high_ms: float | None = None
+    #: How late the agent's event loop currently runs (ms, a high percentile): CPU contention that
+    #: delays starting the edge, added to the backup budget.
+    scheduling_ms: float = 0.0
     #: Host CPU utilisation 0..1, when measured (for load-based offloading).
     cpu_load: float | None = None
 
@@ -133,6 +139,13 @@ class EdgeView:
         """Queueing plus service: requests ahead of this one share the workers."""
         ahead = self.queue_depth / max(1, self.workers)
         return (ahead + 1.0) * self.service_ms
+
+    @property
+    def predicted_high_ms(self) -> float:
+        """Like ``predicted_ms`` with the slow-run service time: the edge backup's budget."""
+        ahead = self.queue_depth / max(1, self.workers)
+        high = self.service_ms if self.service_high_ms is None else max(self.service_ms, self.service_high_ms)
+        return (ahead + 1.0) * high + self.scheduling_ms
 
 
 @dataclass(frozen=True)
@@ -214,7 +227,8 @@ def _edge(reason: str, obs: Observation, memory: RouterMemory, policy: RoutingPo
 
 def _cloud(reason: str, obs: Observation, req: RequestView, memory: RouterMemory, policy: RoutingPolicy):
     edge_ms = predicted_edge_ms(policy, obs.edge)
-    start_by = max(0.0, req.deadline_ms - edge_ms) if obs.edge.available else None
+    backup_ms = obs.edge.predicted_high_ms + policy.margin_ms
+    start_by = max(0.0, req.deadline_ms - backup_ms) if obs.edge.available else None
     return Decision(
         Tier.CLOUD,
         reason,

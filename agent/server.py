@@ -29,10 +29,14 @@ from agent.cloud_link import CloudLink
 from agent.dataplane import DataPlane
 from agent.edge_pool import EdgePool
 from agent.link_settings import MAX_MESSAGE_BYTES, LinkSettings
+from agent.metrics import AgentMetrics, MetricsServer, start_metrics_server
 from agent.router import RoutingPolicy
 from agent.servicer import AgentServicer
 
 log = logging.getLogger(__name__)
+
+#: Link states as the router sees them -> the metric's states ("breaker_open" and the like: degraded).
+_LINK_STATES = {"ready": "ready", "connecting": "connecting", "down": "down", "not": "down", "breaker": "degraded"}
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -41,22 +45,35 @@ class AgentServer:
     """The running parts of one agent, started and stopped together."""
 
     def __init__(self, server: grpc.aio.Server, servicer: AgentServicer, health: HealthServicer,
-                 dataplane: DataPlane, link: CloudLink | None, *, warmup: bool = True) -> None:
+                 dataplane: DataPlane, link: CloudLink | None, *, warmup: bool = True,
+                 metrics: AgentMetrics | None = None, metrics_port: int = 0, metrics_host: str = "127.0.0.1"
+                 ) -> None:
         self.grpc_server = server
         self.servicer = servicer
         self.health = health
         self.dataplane = dataplane
         self.link = link
         self._warmup = warmup
+        self.metrics = metrics
+        self._metrics_port = metrics_port
+        self._metrics_host = metrics_host
+        self.metrics_endpoint: MetricsServer | None = None
+        self._gauges: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
 
     async def start(self) -> None:
         await self.dataplane.edge.start(warmup=self._warmup)
+        self.dataplane.loop_lag.start()
         if self.link is not None:
             await self.link.start()
         await self.grpc_server.start()
         self.servicer.ready = True
+        if self.metrics is not None:
+            if self._metrics_port:
+                self.metrics_endpoint = start_metrics_server(self._metrics_port, self._metrics_host,
+                                                             registry=self.metrics)
+            self._gauges = asyncio.create_task(self._refresh_gauges(), name="agent-gauges")
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
@@ -72,7 +89,31 @@ class AgentServer:
         if self.link is not None:
             await self.link.close()
         await self.dataplane.edge.stop()
+        await self.dataplane.loop_lag.stop()
+        if self._gauges is not None:
+            self._gauges.cancel()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         self._stopped.set()
+
+    def refresh_gauges(self) -> None:
+        """Publish the link's RTT and state and the edge queues (also done every second)."""
+        if self.metrics is None:
+            return
+        if self.link is not None:
+            view = self.link.view("")
+            self.metrics.set_rtt(None if view.rtt_ms is None else view.rtt_ms / 1000.0,
+                                 None if view.rtt_high_ms is None else view.rtt_high_ms / 1000.0)
+            self.metrics.set_link_state(_LINK_STATES.get(view.state.split("_")[0], "degraded"))
+        else:
+            self.metrics.set_link_state("down")
+        for name, runner in self.dataplane.edge.runners.items():
+            self.metrics.set_queue_depth(name, runner.queue_depth)
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            self.refresh_gauges()
+            await asyncio.sleep(1.0)
 
     async def wait_for_termination(self) -> None:
         await self._stopped.wait()
@@ -89,12 +130,14 @@ def split_host_port(address: str, what: str = "listen address") -> tuple[str, in
 def create_server(device_config: Any, *, listen: str | None = None, cloud: str | None = None,
                   models_dir: str | Path | None = None, edge: EdgePool | None = None,
                   link_overrides: dict[str, Any] | None = None, threads: int | None = None,
-                  warmup: bool = True) -> tuple[AgentServer, int]:
+                  warmup: bool = True, metrics: AgentMetrics | None = None) -> tuple[AgentServer, int]:
     """Build the agent for one device of the fleet config; returns the server and its bound port.
 
     ``listen``, ``cloud`` (HOST:PORT, or "" for no cloud at all) and ``models_dir`` override the
     config, as the command-line flags do. ``edge`` passes already loaded models (tests share them).
-    Call from inside the event loop that will run the server.
+    ``metrics`` (default: a fresh ``AgentMetrics``) collects the Prometheus series; the ``/metrics``
+    endpoint is served when the config's ``metrics.port`` is not 0. Call from inside the event loop
+    that will run the server.
     """
     routing = getattr(device_config, "routing", None)
     policy = RoutingPolicy.from_config(routing) if routing is not None else RoutingPolicy()
@@ -107,7 +150,8 @@ def create_server(device_config: Any, *, listen: str | None = None, cloud: str |
         overrides = dict(link_overrides or {})
         overrides["endpoint"] = endpoint
         link = CloudLink(LinkSettings.from_config(cloud_cfg, routing, **overrides))
-    dataplane = DataPlane(edge, link, policy)
+    metrics = metrics if metrics is not None else AgentMetrics()
+    dataplane = DataPlane(edge, link, policy, metrics=metrics)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -130,7 +174,15 @@ def create_server(device_config: Any, *, listen: str | None = None, cloud: str |
         raise ConfigError(f"cannot listen on {host}:{port} ({exc}); is another process using it?") from None
     if bound == 0:
         raise ConfigError(f"cannot listen on {host}:{port}; is another process using it?")
-    return AgentServer(server, servicer, health, dataplane, link, warmup=warmup), bound
+    metrics_cfg = getattr(device_config, "metrics", None)
+    if device_id:
+        from fogline import __version__
+
+        metrics.set_build(__version__, str(device_id))
+    agent = AgentServer(server, servicer, health, dataplane, link, warmup=warmup, metrics=metrics,
+                        metrics_port=int(getattr(metrics_cfg, "port", 0) or 0),
+                        metrics_host=str(getattr(metrics_cfg, "host", "127.0.0.1") or "127.0.0.1"))
+    return agent, bound
 
 
 def load_edge(device_config: Any, *, models_dir: str | Path | None = None, threads: int | None = None) -> EdgePool:

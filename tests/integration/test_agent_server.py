@@ -165,3 +165,31 @@ def test_cascade_escalates_low_confidence_edge_answers(model_repo, cloud):
     assert all(r.parameters["served_by"] == "cloud" and r.parameters["route_reason"] == "cascade_escalated"
                for r in up[1:]), [r.parameters for r in up]
     assert all(r.parameters["served_by"] == "edge" and r.parameters["route_reason"] == "cascade" for r in down[1:])
+
+
+def test_prometheus_metrics_follow_the_traffic(model_repo, cloud):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def body(rig, channel, stub):
+        for i in range(3):
+            await infer(stub, digits(str(i)))
+        await infer(stub, digits("e", route="edge"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.ModelInfer(digits("bad", route="moon"))
+        rig.server.refresh_gauges()
+        url = f"http://127.0.0.1:{port}/metrics"
+        return (await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())).decode()
+
+    text = with_rig(model_repo, cloud, body,
+                    config=device_config(extra_yaml=f"  metrics: {{port: {port}, host: 127.0.0.1}}"))
+    assert 'fogline_agent_requests_total{model="digits",reason="rtt_ok",tier="cloud"} 3.0' in text
+    assert 'fogline_agent_requests_total{model="digits",reason="requested_edge",tier="edge"} 1.0' in text
+    assert 'fogline_agent_errors_total{code="INVALID_ARGUMENT",model="digits"} 1.0' in text
+    assert 'fogline_agent_cloud_link_state{state="ready"} 1.0' in text
+    assert 'fogline_agent_cloud_rtt_seconds{stat="smoothed"}' in text
+    assert 'fogline_agent_build_info{device="loopback"' in text

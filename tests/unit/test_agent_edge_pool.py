@@ -172,3 +172,26 @@ def test_link_settings_from_the_fleet_config():
     assert settings.request_timeout_ms == device.cloud.request_timeout_ms
     options = dict(settings.channel_options())
     assert options["grpc.keepalive_time_ms"] == device.cloud.keepalive.time_ms
+
+
+def test_loop_lag_percentile_and_background_sampling():
+    from agent.loop_lag import LoopLag
+
+    lag = LoopLag(percentile=90)
+    assert lag.high_ms() == 0.0
+    for v in [1, 1, 1, 1, 1, 1, 1, 1, 1, 40]:
+        lag.record(v)
+    assert lag.high_ms() == 1  # one slow tick in ten stays above the 90th percentile
+    lag.record(-3)  # early wake-ups count as zero
+    assert min(lag._samples) == 0.0
+
+    async def sample():
+        live = LoopLag(interval_ms=10)
+        live.start()
+        await asyncio.sleep(0.06)
+        time.sleep(0.05)  # block the loop: the next tick is ~50 ms late
+        await asyncio.sleep(0.03)
+        await live.stop()
+        return max(live._samples)
+
+    assert asyncio.run(sample()) >= 30

@@ -193,3 +193,10 @@ def test_next_memory_is_pure():
     after = next_memory(LA, link, before)
     assert before.cloud_preferred and not after.cloud_preferred
     assert isinstance(decide(LA, obs(), req()), Decision)
+
+
+def test_backup_timer_budgets_for_slow_edge_runs():
+    o = obs(rtt=10, service=10)
+    slow_tail = Observation(o.link, EdgeView(service_ms=10, service_high_ms=30), o.memory)
+    d = decide(LA, slow_tail, req(deadline=100))
+    assert d.tier is Tier.CLOUD and d.edge_start_by_ms == pytest.approx(65.0)  # 100 - 30 - 5
