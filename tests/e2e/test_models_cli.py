@@ -83,3 +83,26 @@ def test_verify_usage_errors(repo_root: Path, tmp_path: Path) -> None:
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
     bare = _fogline(repo_root)
     assert bare.returncode == 2
+
+
+def test_verify_fails_when_fidelity_is_below_the_gate(repo_root: Path, model_repo: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from edge_models.repository import read_manifest, write_manifest
+
+    vdir = tmp_path / "digits" / "1"
+    shutil.copytree(model_repo / "digits" / "1", vdir)
+    # A damaged edge model whose hashes are re-recorded: only the fidelity check can catch it.
+    model = onnx.load(str(vdir / "model.fp32.onnx"))
+    last = next(i for i in reversed(model.graph.initializer) if len(i.dims) == 2)
+    weights = numpy_helper.to_array(last)
+    last.CopyFrom(numpy_helper.from_array(np.roll(weights, 3, axis=0), last.name))
+    onnx.save(model, str(vdir / "model.int8.onnx"))
+    manifest = read_manifest(vdir)
+    manifest.pop("files")
+    write_manifest(vdir, manifest)
+    bad = _fogline(repo_root, "verify", str(tmp_path))
+    assert bad.returncode == 1
+    assert "digits 1: FAILED" in bad.stderr and "points below FP32" in bad.stderr
