@@ -12,6 +12,8 @@ What it measures, all in one run on one machine:
    settings: one intra-op thread), and each agent over one ``ModelStreamInfer`` stream with one
    request in flight and over unary ``ModelInfer``. The agent's *added* latency is its percentile
    minus the in-process percentile of the same run.
+   A third server, ``bench.agent_floor`` (the same ``grpc.aio`` + ``fogline.codec`` stack answering
+   zeros, no model, no routing), measured alongside, says how much of that is Python gRPC itself.
 2. **Throughput** at concurrency 1 and 8: a closed loop of ``c`` concurrent *streams*, each with one
    request in flight (like ``c`` local clients), and the same with ``c`` concurrent unary callers. As a
    reference, the in-process rate with one thread and with the agent's two executor threads.
@@ -48,11 +50,21 @@ from bench.agent_measure import (
     throughput_agent,
     throughput_in_process,
 )
-from bench.agent_report import AgentSpec, Result, write_json, write_markdown
+from bench.agent_report import (
+    FLOOR_STREAM,
+    FLOOR_UNARY,
+    INPROC,
+    AgentSpec,
+    Result,
+    code_state,
+    write_json,
+    write_markdown,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("digits", "minilm")
 DEVICE_ID = "bench-agent"
+FLOOR = "floor"  # the port of bench.agent_floor in the ports map
 
 #: requests per block and rounds of blocks (one per path), per model; seconds per throughput row
 FULL = Plan(blocks={"digits": 400, "minilm": 80}, rounds=6, warmup=40, tput_s=2.5, tput_warmup_s=0.5)
@@ -138,6 +150,19 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_floor(models_dir: Path):
+    """``bench.agent_floor`` (gRPC + codec, no model) as a child process; returns it and its port."""
+    from bench.routing_procs import Proc, StartError
+
+    proc = Proc("floor", [sys.executable, "-m", "bench.agent_floor", "--models", str(models_dir)])
+    try:
+        match = proc.wait_for(r"serving floor on [\d.]+:(\d+)", 60.0)
+    except StartError:
+        proc.stop()
+        raise
+    return proc, int(match.group(1))
+
+
 def start_agent(fleet: Path, models_dir: Path, cloud_mode: str):
     """``fogline agent run`` as a child process; returns it (``bench.routing_procs.Proc``) and its port."""
     from bench.routing_procs import Proc, StartError
@@ -159,7 +184,8 @@ async def measure(result: Result, ports: dict[str, int], plan: Plan, models_dir:
     from edge_models.repository import ModelRepository
 
     repo = ModelRepository(models_dir)
-    routes = [Route(result.inproc_key, "inproc")]
+    routes = [Route(INPROC, "inproc"), Route(FLOOR_STREAM, "stream", ports[FLOOR], check=False),
+              Route(FLOOR_UNARY, "unary", ports[FLOOR], check=False)]
     for spec in result.agents:
         routes += [Route(result.key("stream", spec), "stream", ports[spec.label]),
                    Route(result.key("unary", spec), "unary", ports[spec.label])]
@@ -188,17 +214,19 @@ async def measure(result: Result, ports: dict[str, int], plan: Plan, models_dir:
 
 
 def run(result: Result, plan: Plan, models_dir: Path) -> Result:
-    """Start the agents, measure, stop them (SIGTERM, their drain path), fill in ``result``."""
-    procs = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="fogline-bench-agent-") as tmp:
-            models_dir = snapshot_models(models_dir, Path(tmp) / "models")
-            fleets = Path(tmp) / "fleets"
-            fleets.mkdir()
+    """Start the agents and the floor, measure, stop them (SIGTERM: the drain path), fill in ``result``."""
+    with tempfile.TemporaryDirectory(prefix="fogline-bench-agent-") as tmp:
+        models_dir = snapshot_models(models_dir, Path(tmp) / "models")
+        fleets = Path(tmp) / "fleets"
+        fleets.mkdir()
+        procs = []
+        try:
             ports = {}
             for spec in result.agents:
                 proc, ports[spec.label] = start_agent(write_fleet(fleets, spec), models_dir, result.cloud_mode)
                 procs.append(proc)
+            floor, ports[FLOOR] = start_floor(models_dir)
+            procs.append(floor)
             sampler = Sampler([p.popen.pid for p in procs])
             sampler.start()
             started = time.perf_counter()
@@ -207,8 +235,9 @@ def run(result: Result, plan: Plan, models_dir: Path) -> Result:
             finally:
                 result.seconds = time.perf_counter() - started
                 result.machine = sampler.stop()
-    finally:
-        result.agent_exits = [proc.stop() for proc in procs]
+        finally:
+            exits = [(proc.name, proc.stop()) for proc in procs]
+            result.agent_exits = [code for name, code in exits if name == "agent"]
     return result
 
 
@@ -228,7 +257,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.agent") -> 
     ensure_models(models_dir, names=list(MODELS))
     plan = QUICK if args.quick else FULL
     result = Result(command=" ".join([prog, *argv]), plan=plan, agents=specs, cloud_mode=args.cloud_mode,
-                    concurrency=list(args.concurrency))
+                    concurrency=list(args.concurrency), code=code_state())
     try:
         run(result, plan, models_dir)
     except RuntimeError as exc:  # an agent did not start (StartError)

@@ -20,6 +20,8 @@ from bench.agent_measure import Plan, Series
 
 GATE_MS = 1.0
 INPROC = "in-process"
+FLOOR_STREAM = "gRPC floor stream (no model)"
+FLOOR_UNARY = "gRPC floor unary (no model)"
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,7 @@ class Result:
     machine: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     agent_exits: list[int | None] = field(default_factory=list)
-
-    inproc_key = INPROC
+    code: str = ""
 
     @staticmethod
     def key(mode: str, spec: AgentSpec) -> str:
@@ -99,8 +100,9 @@ def write_markdown(path: Path, result: Result) -> None:
         f"Load average (1 min): {_f(m.get('load1_start', math.nan), 2)} at start, mean "
         f"{_f(m.get('load1_mean', math.nan), 2)}, max {_f(m.get('load1_max', math.nan), 2)} during the run. "
         f"CPU busy on average {_f(m.get('machine_cpu_mean_pct', math.nan), 0)}% of the machine; of one core: "
-        f"agents {_f(m.get('agents_cpu_mean_pct', math.nan), 0)}%, benchmark client "
-        f"{_f(m.get('client_cpu_mean_pct', math.nan), 0)}% (the rest is other work on the machine).",
+        f"servers (agents, floor) {_f(m.get('agents_cpu_mean_pct', math.nan), 0)}%, benchmark client "
+        f"{_f(m.get('client_cpu_mean_pct', math.nan), 0)}% (the rest is other work on the machine). "
+        f"Code: {result.code}.",
         "",
         "Setup: each agent is `fogline agent run` in its own process, policy `edge_only`, every request "
         f"`route: edge`, cloud: {cloud}. Agents: "
@@ -118,7 +120,7 @@ def write_markdown(path: Path, result: Result) -> None:
     ]
     for model, lat in result.latency.items():
         for key, s in lat.items():
-            added = (" | " if key == INPROC else
+            added = (" | " if key in (INPROC, FLOOR_STREAM, FLOOR_UNARY) else
                      f"**{result.added(model, key, 50):+.3f}** | {result.added(model, key, 99):+.3f}")
             lines.append(f"| {model} | {key} | {s.count} | {_f(s.p(50))} | {_f(s.p(99))} | {added} | {s.errors} |")
     diffs = ", ".join(f"{max(s.max_abs_diff for s in lat.values()):.1e} ({model})"
@@ -126,7 +128,10 @@ def write_markdown(path: Path, result: Result) -> None:
     lines += [
         "",
         "Added = the agent path's percentile minus the in-process percentile (same run, same inputs). "
-        f"Agent answers equal the in-process outputs within {diffs} (max absolute difference).",
+        f"Agent answers equal the in-process outputs within {diffs} (max absolute difference). The gRPC "
+        "floor is `bench.agent_floor`: the same `grpc.aio` server and `fogline.codec` decoding and "
+        "encoding, answering zeros with no model, no router and no queue; an agent's p50 minus the floor's "
+        "p50 is what the agent's own request path (routing, edge queue, thread pool, model) costs.",
         "",
         "## Throughput",
         "",
@@ -148,6 +153,9 @@ def write_markdown(path: Path, result: Result) -> None:
         verdict = "PASS" if result.gate_of(spec) else "FAIL"
         judged = " (the gate)" if i == 0 else ""
         lines.append(f"- agent with {spec.describe()}{judged}: {per_model} -> **{verdict}**")
+    if all(FLOOR_STREAM in lat for lat in result.latency.values()):
+        floor = ", ".join(f"{model} {lat[FLOOR_STREAM].p(50):.3f} ms" for model, lat in result.latency.items())
+        lines.append(f"- for scale, the gRPC floor's streaming p50 (round trip, no model): {floor}")
     lines += [
         "",
         f"Requests: {result.requests()}, errors: **{result.errors()}**; agent exit codes after SIGTERM: "
@@ -172,10 +180,11 @@ def write_json(path: Path, result: Result) -> None:
         "agents": [{"label": a.label, "queue_delay_ms": a.queue_delay_ms, "gate_pass": result.gate_of(a)}
                    for a in result.agents],
         "machine": result.machine,
+        "code": result.code,
         "seconds": result.seconds,
         "latency": {model: {key: series(s) for key, s in lat.items()} for model, lat in result.latency.items()},
         "added_ms": {model: {key: {"p50": result.added(model, key, 50), "p99": result.added(model, key, 99)}
-                             for key in lat if key != INPROC} for model, lat in result.latency.items()},
+                             for key in lat if key not in (INPROC, FLOOR_STREAM, FLOOR_UNARY)} for model, lat in result.latency.items()},
         "throughput": {model: [series(s) for s in rows] for model, rows in result.throughput.items()},
         "gate": {"stream_p50_added_below_ms": GATE_MS, "judged_on": result.agents[0].label, "pass": result.gate()},
         "requests": result.requests(),
@@ -184,6 +193,21 @@ def write_json(path: Path, result: Result) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def code_state() -> str:
+    """The commit the agent code comes from, and whether ``agent/`` differs from it (a shared tree)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "agent", "edge_models", "proto"],
+                               cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return f"commit {head}" + (" with uncommitted changes in agent/, edge_models/ or proto/" if dirty else "")
 
 
 def _ort_version() -> str:

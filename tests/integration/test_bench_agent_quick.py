@@ -24,8 +24,9 @@ def test_quick_run_answers_everything_and_writes_the_report(model_repo, tmp_path
     assert data["errors"] == 0 and data["requests"] > 0
     assert data["agent_exits"] == [0, 0]  # both agents drained and exited cleanly on SIGTERM
     assert [a["queue_delay_ms"] for a in data["agents"]] == [None, 0.0]
-    paths = ["in-process", "agent stream, defaults", "agent unary, defaults", "agent stream, delay 0 ms",
-             "agent unary, delay 0 ms"]
+    floor = ["gRPC floor stream (no model)", "gRPC floor unary (no model)"]
+    agents = ["agent stream, defaults", "agent unary, defaults", "agent stream, delay 0 ms", "agent unary, delay 0 ms"]
+    paths = ["in-process", *floor, *agents]
     for model in MODELS:
         latency = data["latency"][model]
         assert list(latency) == paths
@@ -34,7 +35,7 @@ def test_quick_run_answers_everything_and_writes_the_report(model_repo, tmp_path
             assert series["count"] == QUICK.rounds * QUICK.blocks[model]
             assert 0 < series["p50_ms"] <= series["p99_ms"]
             assert series["max_abs_diff"] <= 1e-4  # the agent's answer is the in-process model's answer
-        assert set(data["added_ms"][model]) == set(paths[1:])
+        assert set(data["added_ms"][model]) == set(agents)
         rows = data["throughput"][model]
         assert len(rows) == 2 + 2 * 2 * 2  # in-process x2, then agents x modes x concurrency (1, 8)
         assert all(row["count"] > 0 and row["errors"] == 0 and row["rate_per_s"] > 0 for row in rows)
