@@ -261,6 +261,7 @@ class CloudLink:
                 await asyncio.sleep(delay / 1000.0)
                 continue
             self.stats.connects += 1
+            self.rtt.restart()
             self._state = "ready"
             self._connected.set()
             log.info("cloud %s: connected (%s)", self.settings.endpoint, self.mode)

@@ -94,6 +94,14 @@ class RttEstimator:
         self._count += 1
         self._window.append((now_ms, sample_ms))
 
+    def restart(self) -> None:
+        """Forget the moving average (the next sample seeds it); the percentile window stays.
+
+        The cloud link calls this on every new connection: an average built on a connection that
+        died describes a path that may no longer exist, and would delay noticing a recovered network.
+        """
+        self._smoothed = None
+
     @property
     def smoothed_ms(self) -> float | None:
         """The moving average, or None before the first sample."""

@@ -112,3 +112,13 @@ def test_trip_opens_immediately_and_failures_while_open_do_not_extend():
     br.record_failure(50)
     assert br.state(100) is BreakerState.HALF_OPEN
     assert br.snapshot(0).opened_count == 1
+
+
+def test_restart_reseeds_the_average_but_keeps_the_window():
+    est = RttEstimator(alpha=0.1)
+    for t in range(5):
+        est.observe(600, now_ms=t)
+    est.restart()
+    assert est.smoothed_ms is None and est.high_ms(10) == 600
+    est.observe(12, now_ms=20)
+    assert est.smoothed_ms == 12
