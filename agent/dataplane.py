@@ -157,6 +157,8 @@ class DataPlane:
             await asyncio.wait({future})
         if future.done():
             cloud_error = future.exception()
+            if cloud_error is None and runner is not None and not _complete(future.result(), request, runner):
+                cloud_error = Unavailable("the cloud's answer lacks outputs this model produces")
             if cloud_error is None:
                 return self._cloud_response(request, future.result(), decision.reason, decision.fallback)
             if runner is None:
@@ -166,7 +168,7 @@ class DataPlane:
         edge_task = asyncio.ensure_future(self._run_edge(request, runner, "cloud_late", True))
         done, _ = await asyncio.wait({future, edge_task}, return_when=asyncio.FIRST_COMPLETED)
         hedged = decision.reason.endswith("+hedge")
-        if future in done and future.exception() is None:
+        if future in done and future.exception() is None and _complete(future.result(), request, runner):
             edge_task.add_done_callback(_consume)
             if hedged and self.metrics is not None:
                 self.metrics.observe_hedge(request.model_name, won=False)
@@ -248,6 +250,12 @@ def _select(outputs: dict, wanted: list[str]) -> dict:
     if missing:
         raise InvalidInput(f"requested outputs {missing} are not produced; available: {sorted(outputs)}")
     return {name: outputs[name] for name in wanted}
+
+
+def _complete(answer: CloudAnswer, request: codec.InferRequest, runner: EdgeRunner | None) -> bool:
+    """The cloud's answer carries every output the client will get (asked for, or all the model has)."""
+    wanted = request.outputs or ([spec.name for spec in runner.model.outputs] if runner is not None else [])
+    return all(name in answer.response.outputs for name in wanted)
 
 
 def _consume(future: asyncio.Future) -> None:

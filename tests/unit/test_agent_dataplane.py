@@ -46,8 +46,8 @@ class Halver:
 class ScriptedCloud:
     """Answers after ``delay_s`` (or fails with ``error``) and reports a fixed view."""
 
-    def __init__(self, delay_s=0.0, error=None, rtt_ms=10.0, usable=True):
-        self.delay_s, self.error = delay_s, error
+    def __init__(self, delay_s=0.0, error=None, rtt_ms=10.0, usable=True, output="y"):
+        self.delay_s, self.error, self.output = delay_s, error, output
         self.link_view = LinkView(usable=usable, rtt_ms=rtt_ms)
         self.sent = 0
 
@@ -62,7 +62,7 @@ class ScriptedCloud:
             if self.error is not None:
                 future.set_exception(self.error)
             else:
-                out = codec.InferResponse(request.model_name, {"y": request.inputs["x"] * 10}, "9", request.id)
+                out = codec.InferResponse(request.model_name, {self.output: request.inputs["x"] * 10}, "9", request.id)
                 future.set_result(CloudAnswer(out, self.delay_s * 1000))
 
         asyncio.get_running_loop().call_later(self.delay_s, finish)
@@ -157,3 +157,10 @@ def test_stats_count_tiers_reasons_and_fallbacks():
     ask(plane, runner)
     assert plane.stats.served_by == {"edge": 1} and plane.stats.fallbacks == 1
     assert plane.stats.reasons == {"cloud_error": 1}
+
+
+def test_cloud_answer_missing_an_output_is_replaced_by_the_edge():
+    plane, runner = plane_with(ScriptedCloud(delay_s=0.005, output="z"))
+    response, _ = ask(plane, runner)
+    assert response.parameters["served_by"] == "edge" and response.parameters["route_reason"] == "cloud_error"
+    assert list(response.outputs) == ["y"]
