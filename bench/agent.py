@@ -1,7 +1,7 @@
 """Agent benchmark: what the edge agent adds on top of calling onnxruntime in-process.
 
-    python -m bench.agent                 # full run (about 2-3 minutes), writes bench/results/agent.md
-    python -m bench.agent --quick         # a few seconds, for tests and smoke checks
+    python -m bench.agent                 # full run (about 2 minutes), writes bench/results/agent.md
+    python -m bench.agent --quick         # about 20 seconds, for tests and smoke checks
     fogline bench agent ...               # the same
 
 What it measures, all in one run on one machine:
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -61,7 +62,8 @@ from bench.agent_report import (
     write_markdown,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "bench" / "results"
 MODELS = ("digits", "minilm")
 DEVICE_ID = "bench-agent"
 FLOOR = "floor"  # the port of bench.agent_floor in the ports map
@@ -73,8 +75,8 @@ QUICK = Plan(blocks={"digits": 40, "minilm": 8}, rounds=2, warmup=5, tput_s=0.5,
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds instead of a few minutes")
-    parser.add_argument("--models", type=Path, help="model repository (built if missing; default .cache/test-models)")
+    parser.add_argument("--quick", action="store_true", help="about 20 s instead of about 2 minutes")
+    parser.add_argument("--models", type=Path, help="model repository (built if missing; default $FOGLINE_TEST_MODELS or .cache/test-models)")
     parser.add_argument("--out", type=Path, default=RESULTS / "agent.md", help="markdown report path")
     parser.add_argument("--json", type=Path, help="also write the raw figures as JSON here")
     parser.add_argument("--cloud-mode", choices=["none", "unreachable"], default="none",
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.agent") -> 
         return 2
     from edge_models.build import ensure_models
 
-    models_dir = args.models or Path(".cache/test-models")
+    models_dir = args.models or Path(os.environ.get("FOGLINE_TEST_MODELS", REPO_ROOT / ".cache" / "test-models"))
     ensure_models(models_dir, names=list(MODELS))
     plan = QUICK if args.quick else FULL
     result = Result(command=" ".join([prog, *argv]), plan=plan, agents=specs, cloud_mode=args.cloud_mode,
