@@ -47,6 +47,8 @@ from agent.rtt import RttEstimator, inband_sample_ms
 log = logging.getLogger(__name__)
 
 COMPUTE_HALF_LIFE_MS = 5000.0
+#: Consecutive cloud errors for one model before the router stops sending it there for a while.
+MODEL_FAILURES = 3
 
 
 @dataclass
@@ -96,6 +98,8 @@ class CloudLink:
         self._ids = itertools.count(1)
         self._compute_ms: dict[str, float] = {}
         self._compute_at: dict[str, float] = {}
+        #: model -> (consecutive cloud errors, benched until ms)
+        self._model_benched: dict[str, tuple[int, float]] = {}
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._call: Any = None
@@ -195,7 +199,12 @@ class CloudLink:
         except Exception as exc:
             entry = self._pending.pop(wire_id, None)
             self.stats.failed += 1
-            self.breaker.record_failure(self.now_ms())
+            link_failure = not isinstance(exc, grpc.aio.AioRpcError) or exc.code() in (
+                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+            if link_failure:
+                self.breaker.record_failure(self.now_ms())
+            elif entry is not None:
+                self._model_failed(entry.model)  # the link works; this model on that cloud does not
             if entry is not None and not entry.future.done():
                 entry.future.set_exception(Unavailable(f"cloud call failed: {_describe(exc)}"))
             if isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.UNAVAILABLE:
@@ -222,10 +231,25 @@ class CloudLink:
             usable, state = False, self._state
         elif breaker is not BreakerState.CLOSED:
             usable, state = False, "breaker_" + breaker.value
+        elif now < self._model_benched.get(model, (0, -1.0))[1]:
+            usable, state = False, "model_failing"
         else:
             usable, state = True, "ready"
         return LinkView(usable=usable, state=state, rtt_ms=snap.smoothed_ms, rtt_high_ms=snap.high_ms,
                         outstanding_ms=outstanding, cloud_compute_ms=compute)
+
+    def _model_failed(self, model: str) -> None:
+        """The cloud answered with an error for ``model``. After ``MODEL_FAILURES`` in a row the model
+        is benched (the router sends it to the edge) for a period that doubles each time, up to a
+        minute; the link and its other models are not affected."""
+        count, _ = self._model_benched.get(model, (0, -1.0))
+        count += 1
+        until = -1.0
+        if count >= MODEL_FAILURES:
+            until = self.now_ms() + min(60_000.0, 2000.0 * 2 ** (count - MODEL_FAILURES))
+            log.info("cloud %s: model %r keeps failing there; edge only for %.0f s", self.settings.endpoint,
+                     model, (until - self.now_ms()) / 1000)
+        self._model_benched[model] = (count, until)
 
     def compute_estimate_ms(self, model: str, now_ms: float) -> float:
         """The cloud's compute time for ``model`` as last reported, halving every
@@ -363,7 +387,6 @@ class CloudLink:
 
     # ------------------------------------------------------------------ answers
     def _on_message(self, msg: pb.ModelStreamInferResponse) -> None:
-        now = self.now_ms()
         wire_id = msg.infer_response.id
         entry = self._pending.pop(wire_id, None)
         if entry is None and self._pending:
@@ -378,7 +401,7 @@ class CloudLink:
             self._break("stream answers carry no request id (not a Triton-style stream)")
         if msg.error_message:
             self.stats.failed += 1
-            self.breaker.record_failure(now)
+            self._model_failed(entry.model)
             if not entry.future.done():
                 entry.future.set_exception(Unavailable(f"cloud error: {msg.error_message}"))
             return
@@ -404,6 +427,7 @@ class CloudLink:
             self._compute_ms[entry.model] = compute_ms if previous is None else previous + 0.3 * (
                 compute_ms - previous)
         self.breaker.record_success(now)
+        self._model_benched.pop(entry.model, None)
         self.stats.answered += 1
         response.id = entry.client_id
         if entry.future.done():

@@ -104,13 +104,20 @@ def test_multiplexed_answers_rtt_from_probes_and_model_errors():
             answers = await asyncio.gather(*(link.submit(request("m", float(i), f"c{i}")) for i in range(20)))
             with pytest.raises(Unavailable, match="model boom failed"):
                 await link.submit(request("boom", 1.0))
+            assert link.view("boom").usable  # one error is not a pattern yet
+            for _ in range(2):
+                with pytest.raises(Unavailable):
+                    await link.submit(request("boom", 1.0))
+            benched = link.view("boom")
             view = link.view("m")
-            return probes_before_traffic, answers, view, link.stats
+            return probes_before_traffic, answers, view, link.stats, benched
         finally:
             await link.close()
             await server.stop(None)
 
-    probes, answers, view, stats = asyncio.run(scenario())
+    probes, answers, view, stats, benched = asyncio.run(scenario())
+    # Three errors in a row bench that model on the cloud; the link and other models carry on.
+    assert not benched.usable and benched.state == "model_failing"
     assert probes >= 3  # probes ran while no request traffic flowed
     for i, answer in enumerate(answers):
         assert answer.response.id == f"c{i}"  # the client's id comes back, not the wire id
