@@ -40,15 +40,13 @@ from fogline.inference import grpc_service_pb2 as pb
 from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
 from agent.breaker import BreakerState, CircuitBreaker
+from agent.cloud_models import CloudModels
 from agent.link_settings import LinkSettings, backoff_ms
 from agent.router import LinkView
 from agent.rtt import RttEstimator, inband_sample_ms
 
 log = logging.getLogger(__name__)
 
-COMPUTE_HALF_LIFE_MS = 5000.0
-#: Consecutive cloud errors for one model before the router stops sending it there for a while.
-MODEL_FAILURES = 3
 
 
 @dataclass
@@ -96,10 +94,8 @@ class CloudLink:
         self._pending: dict[str, _Pending] = {}
         self._probes: dict[int, float] = {}
         self._ids = itertools.count(1)
-        self._compute_ms: dict[str, float] = {}
-        self._compute_at: dict[str, float] = {}
-        #: model -> (consecutive cloud errors, benched until ms)
-        self._model_benched: dict[str, tuple[int, float]] = {}
+        #: Per-model compute times and errors (``agent.cloud_models``).
+        self.models = CloudModels()
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._call: Any = None
@@ -218,12 +214,12 @@ class CloudLink:
     def view(self, model: str) -> LinkView:
         now = self.now_ms()
         snap = self.rtt.snapshot(now)
-        compute = self.compute_estimate_ms(model, now)
+        compute = self.models.compute_ms(model, now)
         outstanding = 0.0
         # Entries are kept in send order, so the first one is the oldest (O(1) per decision).
         oldest = next(iter(self._pending.values()), None)
         if oldest is not None:
-            outstanding = now - oldest.sent_at - self._compute_ms.get(oldest.model, 0.0)
+            outstanding = now - oldest.sent_at - self.models.compute_ms(oldest.model, now)
         for sent in self._probes.values():
             outstanding = max(outstanding, now - sent)
         breaker = self.breaker.state(now)
@@ -231,7 +227,7 @@ class CloudLink:
             usable, state = False, self._state
         elif breaker is not BreakerState.CLOSED:
             usable, state = False, "breaker_" + breaker.value
-        elif now < self._model_benched.get(model, (0, -1.0))[1]:
+        elif self.models.benched(model, now):
             usable, state = False, "model_failing"
         else:
             usable, state = True, "ready"
@@ -239,27 +235,9 @@ class CloudLink:
                         outstanding_ms=outstanding, cloud_compute_ms=compute)
 
     def _model_failed(self, model: str) -> None:
-        """The cloud answered with an error for ``model``. After ``MODEL_FAILURES`` in a row the model
-        is benched (the router sends it to the edge) for a period that doubles each time, up to a
-        minute; the link and its other models are not affected."""
-        count, _ = self._model_benched.get(model, (0, -1.0))
-        count += 1
-        until = -1.0
-        if count >= MODEL_FAILURES:
-            until = self.now_ms() + min(60_000.0, 2000.0 * 2 ** (count - MODEL_FAILURES))
-            log.info("cloud %s: model %r keeps failing there; edge only for %.0f s", self.settings.endpoint,
-                     model, (until - self.now_ms()) / 1000)
-        self._model_benched[model] = (count, until)
-
-    def compute_estimate_ms(self, model: str, now_ms: float) -> float:
-        """The cloud's compute time for ``model`` as last reported, halving every
-        ``COMPUTE_HALF_LIFE_MS`` without news: a cloud once seen slow gets tried again now and then
-        (under the edge's deadline protection) instead of being written off for good."""
-        estimate = self._compute_ms.get(model)
-        if estimate is None:
-            return 0.0
-        age = max(0.0, now_ms - self._compute_at.get(model, now_ms))
-        return estimate * 0.5 ** (age / COMPUTE_HALF_LIFE_MS)
+        if self.models.failed(model, self.now_ms()):
+            log.info("cloud %s: model %r keeps failing there; the edge answers it for a while",
+                     self.settings.endpoint, model)
 
     @property
     def pending_count(self) -> int:
@@ -421,13 +399,8 @@ class CloudLink:
         compute_ms = float(compute) if isinstance(compute, (int, float)) and not isinstance(compute, bool) \
             else None
         self.rtt.observe(inband_sample_ms(entry.sent_at, now, compute_ms), now)
-        if compute_ms is not None:
-            previous = self._compute_ms.get(entry.model)
-            self._compute_at[entry.model] = now
-            self._compute_ms[entry.model] = compute_ms if previous is None else previous + 0.3 * (
-                compute_ms - previous)
+        self.models.answered(entry.model, compute_ms, now)
         self.breaker.record_success(now)
-        self._model_benched.pop(entry.model, None)
         self.stats.answered += 1
         response.id = entry.client_id
         if entry.future.done():

@@ -122,3 +122,22 @@ def test_restart_reseeds_the_average_but_keeps_the_window():
     assert est.smoothed_ms is None and est.high_ms(10) == 600
     est.observe(12, now_ms=20)
     assert est.smoothed_ms == 12
+
+
+def test_cloud_models_compute_estimate_fades_and_errors_bench():
+    from agent.cloud_models import CloudModels
+
+    m = CloudModels(alpha=0.5, half_life_ms=1000, failures=2, bench_ms=100, max_bench_ms=300)
+    assert m.compute_ms("a", 0) == 0.0
+    m.answered("a", 40.0, now_ms=0)
+    m.answered("a", 80.0, now_ms=0)
+    assert m.compute_ms("a", 0) == 60.0 and m.compute_ms("a", 1000) == 30.0
+    assert not m.failed("b", 0) and not m.benched("b", 0)
+    assert m.failed("b", 10) and m.benched("b", 109) and not m.benched("b", 110)
+    assert m.failed("b", 200) and m.benched("b", 399)  # the cool-down doubles...
+    m.failed("b", 400)
+    m.failed("b", 400)
+    assert m.benched("b", 699) and not m.benched("b", 701)  # ...up to the cap
+    m.answered("b", None, 800)
+    assert not m.failed("b", 800)  # an answer starts the count afresh
+    assert m.compute_ms("b", 800) == 0.0
