@@ -15,13 +15,14 @@ Everything here is pure and works on ``Outcome`` / ``OracleChoice`` lists.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from bench.routing_driver import Outcome
 from bench.routing_oracle import OracleChoice
+from bench.routing_scenarios import Phase
 from bench.routing_workload import Arrival
 
 #: Two SLO attainments closer than this (fraction) count as a tie when naming a winner.
@@ -188,4 +189,48 @@ def gates_for_scenario(scenario: str, by_policy: Mapping[str, Summary], oracle: 
             out.append(GateResult("beats edge_only on quality (good network)", scenario, better,
                                   f"cosine {la.minilm_cosine:.4f} vs {edge_only.minilm_cosine:.4f}, "
                                   f"digits {100 * la.digits_accuracy:.1f}% vs {100 * edge_only.digits_accuracy:.1f}%"))
+    return out
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A moment the link turned from good to bad for the cloud (or back), and what each policy did.
+
+    ``lag_s`` per policy: after a turn to *bad*, how long SLO misses went on (send time of the last
+    request sent before the next switch that missed, minus the switch time; 0 when none missed); after
+    a turn to *good*, how long until the full model answered again (send time of the first request
+    answered by the cloud, minus the switch time; None when none was before the next switch).
+    """
+
+    at_s: float
+    to_good: bool
+    lag_s: Mapping[str, float | None]
+
+
+def switch_lags(timeline: Sequence[Phase], end_s: float, runs: Mapping[str, Sequence[Outcome]],
+                cloud_feasible: Callable[[Phase], bool | None], slo_ms: float) -> list[Switch]:
+    """``Switch`` records for every change between phases where the cloud is feasible and not.
+
+    ``cloud_feasible(phase)`` says whether the cloud could meet the SLO under that phase (None: for
+    some models only, which is neither and never counts as a switch).
+    """
+    out: list[Switch] = []
+    states = [cloud_feasible(p) for p in timeline]
+    for i in range(1, len(timeline)):
+        before, after = states[i - 1], states[i]
+        if before is None or after is None or before == after:
+            continue
+        start = timeline[i].at_s
+        stop = timeline[i + 1].at_s if i + 1 < len(timeline) else end_s
+        lags: dict[str, float | None] = {}
+        for policy, outcomes in runs.items():
+            window = [o for o in outcomes if start <= o.t_s < stop]
+            if after:
+                first = next((o for o in sorted(window, key=lambda o: o.t_s) if o.served_by == "cloud"), None)
+                lags[policy] = None if first is None else first.t_s - start
+            else:
+                misses = [o.t_s for o in window
+                          if o.status != "ok" or o.latency_ms is None or o.latency_ms > slo_ms]
+                lags[policy] = max(misses) - start if misses else 0.0
+        out.append(Switch(start, bool(after), lags))
     return out

@@ -23,9 +23,10 @@ from bench.routing_metrics import (
     gates_for_scenario,
     summarize,
     summarize_oracle,
+    switch_lags,
     winner,
 )
-from bench.routing_oracle import FRAMING_BYTES, expected_one_way_ms
+from bench.routing_oracle import FRAMING_BYTES, ServiceTimes, expected_cloud_ms, expected_one_way_ms
 from bench.routing_scenarios import Phase
 
 if TYPE_CHECKING:
@@ -73,6 +74,32 @@ def _timeline_text(phases: Sequence[Phase]) -> str:
     if len(phases) > 8:
         parts.append(f"... ({len(phases)} phases)")
     return "; ".join(parts)
+
+
+def _adaptation(sr: ScenarioResult, service: ServiceTimes) -> list[str]:
+    """A table of how fast each policy followed the link's turns between good and bad (if any)."""
+
+    def feasible(phase: Phase) -> bool | None:
+        ok = {expected_cloud_ms(phase.conditions, m, service) <= sr.slo_ms for m in ("minilm", "digits")}
+        return ok.pop() if len(ok) == 1 else None
+
+    first = next(iter(sr.runs.values()), None)
+    if first is None:
+        return []
+    runs = {p: run.outcomes for p, run in sr.runs.items()}
+    switches = switch_lags(first.timeline, sr.scenario.duration_s, runs, feasible, sr.slo_ms)
+    if not switches:
+        return []
+    policies = list(runs)
+    lines = ["", "How fast each policy followed the link: after a turn to bad, for how long requests still "
+             "missed the SLO; after a turn to good, how long until the full model answered again (seconds, "
+             "by send time; - = not before the next turn).", "",
+             "| link turns | " + " | ".join(policies) + " |", "| --- |" + " ---: |" * len(policies)]
+    for sw in switches:
+        label = f"{sw.at_s:.2f} s, to {'good: full model after' if sw.to_good else 'bad: misses for'}"
+        cells = ["-" if sw.lag_s[p] is None else f"{sw.lag_s[p]:.2f}" for p in policies]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _loads(sr: ScenarioResult) -> str:
@@ -151,11 +178,12 @@ def render_markdown(result: BenchResult, workload: Workload, command: str) -> st
         sections += [_row(s, s.name == win) for s in by_policy.values()]
         sections.append(_row(oracle, False).replace("| oracle |", "| *oracle* |"))
         sections += ["", f"Winner: **{win}**."]
+        sections += _adaptation(sr, result.service)
         for policy, why in sr.skipped.items():
-            sections.append(f"Skipped `{policy}`: {why}")
+            sections += ["", f"Skipped `{policy}`: {why}"]
         for s in by_policy.values():
             if s.error_examples:
-                sections.append(f"`{s.name}` errors, e.g.: " + "; ".join(f"`{e}`" for e in s.error_examples))
+                sections += ["", f"`{s.name}` errors, e.g.: " + "; ".join(f"`{e}`" for e in s.error_examples)]
         sections += ["", f"![{sr.scenario.name}](routing_{sr.scenario.name}.png)", ""]
 
     lines += [

@@ -193,3 +193,28 @@ def test_bench_cli_usage_and_unknown_names(capsys):
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
     assert bench_main(["routing", "--scenarios", "does_not_exist"]) == 2
     assert "unknown scenario" in capsys.readouterr().err
+
+
+def test_switch_lags_measure_reaction_and_recovery():
+    from bench.routing_metrics import switch_lags
+
+    good, bad = NetConditions(delay_ms=5), NetConditions(delay_ms=250)
+    timeline = [Phase(0.0, good), Phase(2.0, bad), Phase(4.0, good), Phase(5.0, NetConditions(bandwidth_kbps=64))]
+
+    def feasible(phase):
+        if phase.conditions.bandwidth_kbps:
+            return None  # only some models: neither good nor bad
+        return phase.conditions.delay_ms < 100
+
+    adaptive = [Outcome(i, "minilm", t, status="ok", latency_ms=lat, served_by=by) for i, (t, lat, by) in enumerate([
+        (1.0, 20, "cloud"), (2.1, 300, "cloud"), (2.5, 8, "edge"), (3.0, 8, "edge"),
+        (4.2, 8, "edge"), (4.6, 20, "cloud"), (5.5, 8, "edge")])]
+    stubborn = [Outcome(i, "minilm", t, status="ok", latency_ms=300, served_by="cloud") for i, t in enumerate([2.1, 3.9])]
+    stubborn += [Outcome(9, "minilm", 3.95, status="lost")]
+    switches = switch_lags(timeline, 6.0, {"a": adaptive, "s": stubborn, "e": []}, feasible, slo_ms=100)
+    assert [(s.at_s, s.to_good) for s in switches] == [(2.0, False), (4.0, True)]
+    assert switches[0].lag_s["a"] == pytest.approx(0.1)
+    assert switches[0].lag_s["s"] == pytest.approx(1.95)  # the lost request counts as a miss
+    assert switches[0].lag_s["e"] == 0.0
+    assert switches[1].lag_s["a"] == pytest.approx(0.6)
+    assert switches[1].lag_s["s"] is None

@@ -67,6 +67,7 @@ def test_markdown_states_gates_winners_and_skips(tmp_path):
     assert "Skipped `hedged`: the agent refused it at start" in md
     assert "cloud_ms = 2 * E[one_way_ms] + S_cloud(model)" in md
     assert "| **latency_aware** |" in md
+    assert "| 2.01 s, to bad: misses for | 0.00 |" in md  # edge_only: no misses after the turn
 
 
 def test_report_files_are_written(tmp_path):
