@@ -2,9 +2,11 @@
 
 ``EdgeRunner`` wraps one loaded ``EdgeModel``. Requests for it wait in an asyncio queue; each of its
 ``workers`` worker tasks takes the first waiting request plus whatever else is already queued (up to
-``max_batch`` rows, optionally waiting ``max_delay_ms`` for company), concatenates them along the batch
-axis, runs one ``predict`` in a thread and hands each request its rows. Concurrent requests therefore
-share one onnxruntime call instead of queueing behind each other.
+``max_batch`` rows; while other calls run it also waits up to ``max_delay_ms`` for company),
+concatenates them along the batch axis, runs one ``predict`` in a thread and hands each request its
+rows. Concurrent requests therefore share one onnxruntime call instead of queueing behind each other.
+A model cheap enough (``INLINE_MAX_MS``, measured at warm-up) runs right on the event loop whenever the
+runner is idle, where the thread hand-offs would cost more than the model.
 
 The runner also measures itself for the router: ``queue_depth`` (requests waiting or running) and
 ``service_ms`` (a moving average of how long one call takes once it starts), which together predict
@@ -32,6 +34,9 @@ from fogline.errors import InvalidInput, ModelNotFound, Overloaded
 from agent.router import EdgeView
 
 log = logging.getLogger(__name__)
+
+#: A model whose one-row call takes at most this long (ms) runs on the event loop when the runner is idle.
+INLINE_MAX_MS = 0.3
 
 
 @dataclass
@@ -71,6 +76,9 @@ class EdgeRunner:
         self.service_ms = initial_service_ms
         self._recent: deque[float] = deque(maxlen=64)
         self._first_observation = False
+        #: Run on the event loop thread when idle (decided at warm-up for models cheaper than
+        #: ``INLINE_MAX_MS``): the two thread hand-offs of the executor would cost more than the model.
+        self.inline = False
         self._alpha = alpha
         self._executor = executor
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
@@ -88,6 +96,8 @@ class EdgeRunner:
             # estimates through the same path requests take.
             sample = warmup_inputs(self.model.inputs)
             await asyncio.get_running_loop().run_in_executor(self._executor, self.model.predict, sample)
+            cheapest = min(_timed(self.model.predict, sample) for _ in range(3))
+            self.inline = cheapest <= INLINE_MAX_MS
             self._first_observation = True
             for _ in range(4):
                 await self.predict(sample)
@@ -129,8 +139,10 @@ class EdgeRunner:
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"model {self.name!r}: {self.max_queue} requests already wait on this device; "
                              "retry later or raise batching.max_queue_size")
-        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         idle = self.queue_depth == 0
+        if idle and self.inline and rows <= self.max_batch:
+            return self._predict_inline(inputs, rows)
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         began = time.perf_counter()
         await self._queue.put(_Job(inputs, rows, future))
         result = await asyncio.shield(future)
@@ -140,6 +152,16 @@ class EdgeRunner:
             self._recent.append((time.perf_counter() - began) * 1000.0)
         return result
 
+    def _predict_inline(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        began = time.perf_counter()
+        outputs = self.model.predict(inputs)
+        elapsed = (time.perf_counter() - began) * 1000.0
+        self._observe(elapsed)
+        self._recent.append(elapsed)
+        self.calls += 1
+        self.rows += rows
+        return outputs
+
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -147,7 +169,9 @@ class EdgeRunner:
             batch = [first]
             self._in_flight += 1
             try:
-                if self.max_delay_ms > 0 and self._queue.empty() and self.max_batch > 1:
+                # Wait for company only while other calls run (then more requests are likely on their
+                # way); a request that finds the runner idle starts at once.
+                if self.max_delay_ms > 0 and self._queue.empty() and self.max_batch > 1 and self._in_flight > 1:
                     await asyncio.sleep(self.max_delay_ms / 1000.0)
                 rows = first.rows
                 while not self._queue.empty() and len(batch) < self.max_batch:
@@ -195,6 +219,12 @@ class EdgeRunner:
         if self._first_observation:
             first, self._first_observation = True, False
         self.service_ms = ms if first else self.service_ms + self._alpha * (ms - self.service_ms)
+
+
+def _timed(fn: Any, arg: Any) -> float:
+    began = time.perf_counter()
+    fn(arg)
+    return (time.perf_counter() - began) * 1000.0
 
 
 def _fail(job: _Job, exc: BaseException) -> None:

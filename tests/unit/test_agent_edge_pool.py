@@ -195,3 +195,26 @@ def test_loop_lag_percentile_and_background_sampling():
         return max(live._samples)
 
     assert asyncio.run(sample()) >= 30
+
+
+def test_cheap_model_runs_inline_when_idle_and_lone_requests_do_not_wait_for_company():
+    async def scenario():
+        cheap, slow = Doubler(delay_s=0.0), Doubler(delay_s=0.002)
+        with ThreadPoolExecutor(1) as pool:
+            fast_runner = EdgeRunner(cheap, pool, max_delay_ms=50.0)
+            slow_runner = EdgeRunner(slow, pool, max_delay_ms=50.0)
+            await fast_runner.start(warmup=True)
+            await slow_runner.start(warmup=True)
+            began = time.perf_counter()
+            await slow_runner.predict({"x": np.ones((1, 2), np.float32)})
+            lone_ms = (time.perf_counter() - began) * 1000
+            calls_before = fast_runner.calls
+            out = await fast_runner.predict({"x": np.ones((1, 2), np.float32)})
+            await fast_runner.stop()
+            await slow_runner.stop()
+            return fast_runner.inline, slow_runner.inline, lone_ms, fast_runner.calls - calls_before, out
+
+    fast_inline, slow_inline, lone_ms, calls, out = asyncio.run(scenario())
+    assert fast_inline and not slow_inline
+    assert lone_ms < 40  # no 50 ms wait for company that cannot come
+    assert calls == 1 and out["y"].tolist() == [[2.0, 2.0]]
