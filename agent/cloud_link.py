@@ -216,10 +216,13 @@ class CloudLink:
         snap = self.rtt.snapshot(now)
         compute = self.models.compute_ms(model, now)
         outstanding = 0.0
-        # Entries are kept in send order, so the first one is the oldest (O(1) per decision).
-        oldest = next(iter(self._pending.values()), None)
-        if oldest is not None:
-            outstanding = now - oldest.sent_at - self.models.compute_ms(oldest.model, now)
+        # Entries are kept in send order. With two or more waiting, the second oldest counts: one
+        # straggler (a jitter spike) is not a slow network, two at once are. O(1) per decision.
+        waiting = iter(self._pending.values())
+        oldest = next(waiting, None)
+        witness = next(waiting, oldest)
+        if witness is not None:
+            outstanding = now - witness.sent_at - self.models.compute_ms(witness.model, now)
         for sent in self._probes.values():
             outstanding = max(outstanding, now - sent)
         breaker = self.breaker.state(now)
@@ -232,7 +235,7 @@ class CloudLink:
         else:
             usable, state = True, "ready"
         return LinkView(usable=usable, state=state, rtt_ms=snap.smoothed_ms, rtt_high_ms=snap.high_ms,
-                        outstanding_ms=outstanding, cloud_compute_ms=compute)
+                        rtt_recent_ms=snap.recent_max_ms, outstanding_ms=outstanding, cloud_compute_ms=compute)
 
     def _model_failed(self, model: str) -> None:
         if self.models.failed(model, self.now_ms()):

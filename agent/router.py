@@ -100,17 +100,24 @@ class LinkView:
     rtt_ms: float | None = None
     #: Windowed high percentile of the round trip (ms).
     rtt_high_ms: float | None = None
-    #: Age of the oldest cloud call still outstanding, minus expected compute (ms): the RTT is at least
-    #: this. It reacts to a sudden slowdown long before the slow answers come back.
+    #: The largest of the last few samples (ms): when even that is low, the network is good now,
+    #: whatever the slower moving average still remembers.
+    rtt_recent_ms: float | None = None
+    #: How long cloud calls have been waiting, minus expected compute (ms): the RTT is at least this.
+    #: It reacts to a sudden slowdown long before the slow answers come back.
     outstanding_ms: float = 0.0
     #: Expected cloud compute time for the request's model (ms).
     cloud_compute_ms: float = 0.0
 
     @property
     def effective_rtt_ms(self) -> float | None:
+        """The round trip the router believes in: the moving average, or the recent samples when they
+        all sit lower (a recovery shows within a few probes), but never less than what calls still
+        waiting already prove."""
         if self.rtt_ms is None:
             return None
-        return max(self.rtt_ms, self.outstanding_ms)
+        current = self.rtt_ms if self.rtt_recent_ms is None else min(self.rtt_ms, self.rtt_recent_ms)
+        return max(current, self.outstanding_ms)
 
 
 @dataclass(frozen=True)

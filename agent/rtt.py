@@ -45,6 +45,8 @@ class RttSnapshot:
     smoothed_ms: float | None
     high_ms: float | None
     last_ms: float | None
+    #: The largest of the last ``recent`` samples.
+    recent_max_ms: float | None
     samples: int
     age_ms: float | None  # time since the latest sample
 
@@ -63,6 +65,7 @@ class RttEstimator:
         window_ms: float = 2000.0,
         percentile: float = 95.0,
         max_samples: int = 256,
+        recent: int = 3,
     ) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
@@ -76,6 +79,7 @@ class RttEstimator:
         self.window_ms = window_ms
         self.percentile = percentile
         self._window: deque[tuple[float, float]] = deque(maxlen=max_samples)
+        self._recent: deque[float] = deque(maxlen=max(1, recent))
         self._smoothed: float | None = None
         self._last: float | None = None
         self._last_at: float | None = None
@@ -90,6 +94,7 @@ class RttEstimator:
         else:
             self._smoothed += self.alpha * (sample_ms - self._smoothed)
         self._last = sample_ms
+        self._recent.append(sample_ms)
         self._last_at = now_ms
         self._count += 1
         self._window.append((now_ms, sample_ms))
@@ -101,6 +106,7 @@ class RttEstimator:
         died describes a path that may no longer exist, and would delay noticing a recovered network.
         """
         self._smoothed = None
+        self._recent.clear()
 
     @property
     def smoothed_ms(self) -> float | None:
@@ -128,6 +134,7 @@ class RttEstimator:
             smoothed_ms=self._smoothed,
             high_ms=self.high_ms(now_ms),
             last_ms=self._last,
+            recent_max_ms=max(self._recent) if self._recent else None,
             samples=self._count,
             age_ms=None if self._last_at is None else max(0.0, now_ms - self._last_at),
         )

@@ -200,3 +200,17 @@ def test_backup_timer_budgets_for_slow_edge_runs():
     slow_tail = Observation(o.link, EdgeView(service_ms=10, service_high_ms=30), o.memory)
     d = decide(LA, slow_tail, req(deadline=100))
     assert d.tier is Tier.CLOUD and d.edge_start_by_ms == pytest.approx(65.0)  # 100 - 30 - 5
+
+
+def test_recent_low_samples_recover_before_the_average_does():
+    # The average still remembers a slow spell (400 ms); the last three samples are all 12 ms.
+    link = LinkView(usable=True, rtt_ms=400, rtt_recent_ms=12)
+    assert link.effective_rtt_ms == 12
+    assert next_memory(LA, link, RouterMemory(cloud_preferred=False)).cloud_preferred
+    # One slow sample among the recent ones: the average decides, as before.
+    spiky = LinkView(usable=True, rtt_ms=40, rtt_recent_ms=300)
+    assert spiky.effective_rtt_ms == 40
+    # Calls still waiting override both.
+    waiting = LinkView(usable=True, rtt_ms=400, rtt_recent_ms=12, outstanding_ms=250)
+    assert waiting.effective_rtt_ms == 250
+    assert not next_memory(LA, waiting, RouterMemory(cloud_preferred=True)).cloud_preferred

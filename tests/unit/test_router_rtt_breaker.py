@@ -141,3 +141,15 @@ def test_cloud_models_compute_estimate_fades_and_errors_bench():
     m.answered("b", None, 800)
     assert not m.failed("b", 800)  # an answer starts the count afresh
     assert m.compute_ms("b", 800) == 0.0
+
+
+def test_recent_max_covers_the_last_few_samples():
+    est = RttEstimator(recent=3)
+    assert est.snapshot(0).recent_max_ms is None
+    for t, v in enumerate([600, 600, 10, 11]):
+        est.observe(v, now_ms=t)
+    assert est.snapshot(5).recent_max_ms == 600
+    est.observe(9, now_ms=6)
+    assert est.snapshot(7).recent_max_ms == 11
+    est.restart()
+    assert est.snapshot(8).recent_max_ms is None
