@@ -87,7 +87,7 @@ class CloudLink:
         self._metadata = settings.call_metadata()
         self._clock = clock
         self._rng = rng or random.Random()
-        self.rtt = RttEstimator(alpha=settings.rtt_alpha)
+        self.rtt = RttEstimator(alpha=settings.rtt_alpha, percentile=settings.rtt_percentile)
         self.breaker = CircuitBreaker(failure_threshold=settings.failure_threshold,
                                       open_ms=settings.breaker_open_ms)
         self.stats = LinkStats()

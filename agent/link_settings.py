@@ -41,6 +41,8 @@ class LinkSettings:
     failure_threshold: int = 3
     breaker_open_ms: float = 500.0
     rtt_alpha: float = 0.3
+    #: The RTT tail the estimator reports (``routing.hedge_percentile``; hedging waits that long).
+    rtt_percentile: float = 95.0
     #: TLS towards the cloud: server verified against ``ca_file`` (system roots when None), with a client
     #: certificate when ``cert_file``/``key_file`` are set.
     tls: bool = False
@@ -83,6 +85,9 @@ class LinkSettings:
         interval = getattr(routing, "probe_interval_ms", None) if routing is not None else None
         if interval is not None:
             fields["probe_interval_ms"] = float(interval)
+        percentile = getattr(routing, "hedge_percentile", None) if routing is not None else None
+        if percentile is not None:
+            fields["rtt_percentile"] = float(percentile)
         fields.update(overrides)
         if not fields.get("endpoint"):
             raise ValueError("the cloud link needs an endpoint (HOST:PORT)")

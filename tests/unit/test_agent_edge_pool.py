@@ -168,6 +168,7 @@ def test_link_settings_from_the_fleet_config():
     device = device_config(probe_interval_ms=150)
     settings = LinkSettings.from_config(device.cloud, device.routing, endpoint="10.0.0.1:9000")
     assert settings.endpoint == "10.0.0.1:9000" and settings.probe_interval_ms == 150
+    assert settings.rtt_percentile == device.routing.hedge_percentile
     assert settings.keepalive_ms == device.cloud.keepalive.time_ms
     assert settings.request_timeout_ms == device.cloud.request_timeout_ms
     options = dict(settings.channel_options())
