@@ -107,7 +107,7 @@ class CloudLink:
         self._broken: asyncio.Event = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._probe_tasks: set[asyncio.Task[Any]] = set()
+        self._side_tasks: set[asyncio.Task[Any]] = set()
         self._last_probe_sent = -1e18
         self._state = "connecting"
         self._closing = False
@@ -141,9 +141,9 @@ class CloudLink:
 
     async def close(self) -> None:
         self._closing = True
-        for task in [*self._tasks, *self._probe_tasks]:
+        for task in [*self._tasks, *self._side_tasks]:
             task.cancel()
-        for task in [*self._tasks, *self._probe_tasks]:
+        for task in [*self._tasks, *self._side_tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._fail_all("the agent is shutting down")
@@ -170,8 +170,8 @@ class CloudLink:
             task = asyncio.create_task(self._unary(self._stub, msg, wire_id))
         else:
             task = asyncio.create_task(self._write(self._call, msg, wire_id))
-        self._probe_tasks.add(task)
-        task.add_done_callback(self._probe_tasks.discard)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
         return future
 
     async def _write(self, call: Any, msg: pb.ModelInferRequest, wire_id: str) -> None:
@@ -436,8 +436,8 @@ class CloudLink:
                     len(self._probes) < self.settings.max_probes_in_flight:
                 self._last_probe_sent = now
                 task = asyncio.create_task(self._probe())
-                self._probe_tasks.add(task)
-                task.add_done_callback(self._probe_tasks.discard)
+                self._side_tasks.add(task)
+                task.add_done_callback(self._side_tasks.discard)
 
     def probe_timeout_ms(self) -> float:
         """How long a probe may take before it counts as failed: the configured floor, or three times
