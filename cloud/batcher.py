@@ -95,7 +95,10 @@ class DynamicBatcher:
         max_queue_size: int = 256,
         on_batch: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
+        """``executor``: a one-thread executor to run the model on (the thread that loaded it, so
+        torch uses one CPU thread pool); by default the batcher starts its own."""
         self.name = name
         self._run = run
         self.max_batch_size = max_batch_size
@@ -106,7 +109,7 @@ class DynamicBatcher:
         self._pending: deque[_Item] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fogline-{name}")
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fogline-{name}")
         self._closed = False
         self.busy = False
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -131,9 +132,12 @@ class DataPlane:
         settings: ServingSettings,
         *,
         metrics: CloudMetrics | None = None,
+        executors: Mapping[str, Executor] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``executors``: per model name, the thread that loaded it (its batcher runs it there)."""
         self.settings = settings
+        self._executors = dict(executors or {})
         self.metrics = metrics or CloudMetrics()
         self._clock = clock
         items = models.values() if isinstance(models, Mapping) else models
@@ -156,6 +160,7 @@ class DataPlane:
             max_queue_size=self.settings.max_queue_size,
             on_batch=on_batch,
             clock=self._clock,
+            executor=self._executors.get(model.name),
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,22 @@ from cloud.settings import ServingSettings
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
-def load_models(settings: ServingSettings, repo: Any) -> list[Model]:
-    """The newest version of every model in ``repo`` (a ModelRepository or a directory), loaded."""
+def load_models(
+    settings: ServingSettings, repo: Any, executors: dict[str, ThreadPoolExecutor] | None = None
+) -> list[Model]:
+    """The newest version of every model in ``repo`` (a ModelRepository or a directory), loaded.
+
+    Each model is loaded and warmed up on a thread of its own; pass ``executors`` (a dict) to get
+    those threads back (name -> executor) so the batchers run the model on the same thread. torch
+    keeps its CPU thread pool per calling thread: a model loaded on one thread and run on another
+    pays for two pools fighting over the cores (measured: +1.5 ms per minilm call on 2 cores).
+    """
     import torch
 
-    from edge_models.full_runtime import FullModel
     from edge_models.repository import ModelRepository
 
     if not isinstance(repo, ModelRepository):
         repo = ModelRepository(Path(repo))
-    torch.set_num_threads(settings.resolved_torch_threads())
     device = settings.resolved_device()
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda was asked for but torch sees no GPU; use --device cpu")
@@ -53,10 +60,31 @@ def load_models(settings: ServingSettings, repo: Any) -> list[Model]:
         raise ConfigError(
             f"no models found in {repo.root}; build them with: fogline models build --out {repo.root}"
         )
-    models = [FullModel.load(repo.resolve(name), device=device) for name in names]
-    for model in models:
-        warm_up(model)
+    threads = settings.resolved_torch_threads()
+    models = []
+    for name in names:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fogline-{name}")
+        try:
+            models.append(executor.submit(_load_one, repo.resolve(name), device, threads).result())
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        if executors is None:
+            executor.shutdown(wait=True)
+        else:
+            executors[name] = executor
     return models
+
+
+def _load_one(version_dir: Path, device: str, threads: int) -> Model:
+    import torch
+
+    from edge_models.full_runtime import FullModel
+
+    torch.set_num_threads(threads)
+    model = FullModel.load(version_dir, device=device)
+    warm_up(model)
+    return model
 
 
 def warm_up(model: Model, rows: int = 2) -> None:
@@ -133,9 +161,11 @@ def create_server(
     ``models`` (already loaded) wins over ``repo``; with neither, the repository at
     ``settings.resolved_models_dir()`` is loaded. Call from inside the event loop that will run it.
     """
+    executors: dict[str, ThreadPoolExecutor] = {}
     if models is None:
-        models = load_models(settings, repo if repo is not None else settings.resolved_models_dir())
-    dataplane = DataPlane(models, settings, metrics=metrics)
+        source = repo if repo is not None else settings.resolved_models_dir()
+        models = load_models(settings, source, executors)
+    dataplane = DataPlane(models, settings, metrics=metrics, executors=executors)
     limit = settings.max_message_bytes
     server = grpc.aio.server(
         options=[
