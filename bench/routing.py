@@ -95,6 +95,8 @@ class BenchResult:
     workload_note: str
     scenarios: list[ScenarioResult]
     wall_s: float
+    #: Which code ran: the commit, and whether the measured parts changed on disk during the run.
+    code_note: str = ""
 
     def problems(self) -> list[str]:
         """Every run with errors or lost requests, one line each (empty: the zero-loss property holds)."""
@@ -238,6 +240,7 @@ def run_benchmark(config: BenchConfig, command: str | None = None) -> BenchResul
     from edge_models.build import ensure_models
 
     started = time.perf_counter()
+    code_before = code_state()
     _log(f"models in {config.models_dir} (building what is missing)")
     ensure_models(config.models_dir, progress=True)
     workload = load_workload(config.models_dir)
@@ -248,12 +251,37 @@ def run_benchmark(config: BenchConfig, command: str | None = None) -> BenchResul
             service, scenarios = asyncio.run(_run(config, workload, cloud_port, Path(tmp)))
     finally:
         cloud.stop()
-    result = BenchResult(config, service, workload.split_note, scenarios, time.perf_counter() - started)
+    code_after = code_state()
+    note = code_before if code_after == code_before else (
+        f"{code_before}; CHANGED during the run, now {code_after}: later runs used newer code")
+    result = BenchResult(config, service, workload.split_note, scenarios, time.perf_counter() - started, note)
     from bench.routing_report import write_report
 
     path = write_report(result, workload, command)
     _log(f"report written to {path} ({result.wall_s:.0f} s in all)")
     return result
+
+
+def code_state() -> str:
+    """The commit and a digest of the measured packages' files (agent, cloud, models, protocol)."""
+    import hashlib
+    import subprocess
+
+    root = procs.REPO_ROOT
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        head = "unknown"
+    digest = hashlib.sha256()
+    for folder in ("agent", "cloud", "edge_models", "proto/fogline"):
+        for path in sorted((root / folder).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            try:
+                digest.update(path.read_bytes())
+            except OSError:  # removed while we looked: that is a change too
+                digest.update(b"<gone>")
+    return f"commit {head}, sources {digest.hexdigest()[:12]}"
 
 
 def _csv(text: str) -> list[str]:

@@ -128,7 +128,7 @@ def render_markdown(result: BenchResult, workload: Workload, command: str) -> st
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}` in "
         f"{result.wall_s:.0f} s on {platform.machine()} with {os.cpu_count()} CPU cores"
-        f"{' (quick mode: shortened scenarios)' if cfg.quick else ''}.",
+        f"{' (quick mode: shortened scenarios)' if cfg.quick else ''}; code: {result.code_note or 'unknown'}.",
         "",
         "Set-up: the cloud (`fogline cloud serve`, CPU), the network proxy (`python -m bench.netproxy`) and "
         "the agent (`fogline agent run`) are separate processes on loopback; the agent reaches the cloud "
