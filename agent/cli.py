@@ -5,7 +5,9 @@
 
 Reads the device's effective settings from the fleet file (flags override them), loads its INT8 models,
 opens the cloud stream and serves until SIGTERM or SIGINT, which drains: no new requests are taken,
-everything in flight is answered, then it exits 0. Bad configuration or flags exit 2, anything that
+everything in flight is answered, then it exits 0. SIGHUP re-reads the fleet file and applies its
+routing and load settings to the next requests without touching open streams; a file that does not
+load or validate is refused with a log line naming the problem, and the settings in use stay. Bad configuration or flags exit 2, anything that
 stops it from serving (models missing, port taken) exits 1, each with one line saying why.
 Under systemd (``Type=notify``) it reports READY once serving and STOPPING while draining, and pings
 the watchdog (``WatchdogSec=``) from the event loop. Logging follows ``FOGLINE_LOG_LEVEL`` /
@@ -65,10 +67,21 @@ async def serve(device: Any, args: argparse.Namespace, prog: str) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    reloads: list[asyncio.Task[None]] = []
+
+    def on_hangup() -> None:
+        if stopping or any(not task.done() for task in reloads):
+            log.warning("config reload: SIGHUP ignored (%s)", "stopping" if stopping else "a reload is running")
+            return
+        reloads[:] = [loop.create_task(reload_config(server, args, notifier, prog), name="config-reload")]
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     models = ", ".join(f"{r.name} v{r.version}" for r in server.dataplane.edge.runners.values())
     cloud = server.link.settings.endpoint if server.link is not None else "none"
     host = (args.listen or str(getattr(device, "listen", ""))).rpartition(":")[0] or "127.0.0.1"
-    line = f"serving {models} on {host}:{port} (cloud {cloud}, policy {server.dataplane.policy.policy.value})"
+    revision = server.dataplane.config_revision or "-"
+    line = (f"serving {models} on {host}:{port} (cloud {cloud}, policy {server.dataplane.policy.policy.value}, "
+            f"config revision {revision})")
     print(f"{prog}: {line}", flush=True)
     notifier.ready(line)
     # Under WatchdogSec=, ping from the event loop while the server takes work: a wedged loop or a
@@ -77,8 +90,40 @@ async def serve(device: Any, args: argparse.Namespace, prog: str) -> int:
     dog.start()
     await server.wait_for_termination()
     await dog.stop()
+    for task in reloads:
+        task.cancel()
     print(f"{prog}: stopped", flush=True)
     return 0
+
+
+async def reload_config(server: Any, args: argparse.Namespace, notifier: Any, prog: str) -> bool:
+    """SIGHUP: load and validate the fleet file again, then apply the device's new routing settings.
+    On any problem the old settings stay and one log line (and one output line) says why."""
+    old_revision = server.dataplane.config_revision or "-"
+    notifier.reloading(f"reloading {args.config}")
+    try:
+        device = await asyncio.to_thread(_load_device, args.config, args.device)
+        restart_only = server.apply_config(device)
+    except (ConfigError, OSError, KeyError, ValueError) as exc:
+        reason = _one_line(exc)
+        log.error("config reload refused, keeping revision %s: %s", old_revision, reason,
+                  extra={"config": args.config, "revision": old_revision})
+        print(f"{prog}: SIGHUP, config refused (keeping revision {old_revision}): {reason}", flush=True)
+        if server.metrics is not None:
+            server.metrics.observe_reload(False)
+        notifier.ready(f"config reload refused, keeping revision {old_revision}")
+        return False
+    policy = server.dataplane.policy
+    revision = server.dataplane.config_revision or "-"
+    log.info("config reloaded: revision %s -> %s, policy %s, slo %g ms", old_revision, revision,
+             policy.policy.value, policy.slo_ms, extra={"config": args.config, "revision": revision})
+    if restart_only:
+        log.warning("config reload: changes to %s take effect only after a restart", ", ".join(restart_only))
+    print(f"{prog}: SIGHUP, config reloaded (revision {revision}, policy {policy.policy.value})", flush=True)
+    if server.metrics is not None:
+        server.metrics.observe_reload(True)
+    notifier.ready(f"config revision {revision}, policy {policy.policy.value}")
+    return True
 
 
 def main(argv: list[str] | None = None, prog: str = "fogline agent") -> int:

@@ -32,6 +32,7 @@ from fogline.errors import InvalidInput, ModelNotFound, Unavailable, status_of
 
 from agent.cloud_link import CloudAnswer
 from agent.edge_pool import EdgePool, EdgeRunner
+from agent.load import CpuMonitor
 from agent.loop_lag import LoopLag
 from agent.router import (
     Decision,
@@ -74,7 +75,20 @@ class DataPlane:
         #: An ``agent.metrics.AgentMetrics`` (or None): every answer and error is reported there too.
         self.metrics = metrics
         self.loop_lag = LoopLag()
+        #: Host CPU use for the router's overload check (started with the server; None: not measured).
+        self.cpu = CpuMonitor()
+        #: The fleet file revision these settings came from, and how many times they were (re)applied.
+        self.config_revision = ""
+        self.config_generation = 0
         self._clock = clock
+
+    def apply_policy(self, policy: RoutingPolicy, revision: str = "") -> None:
+        """Route every request from now on with ``policy`` (a SIGHUP reload). Requests already routed
+        finish as decided; streams and the cloud link are untouched. The router's hysteresis memory
+        is kept: it describes the link, not the settings."""
+        self.policy = policy
+        self.config_revision = revision
+        self.config_generation += 1
 
     # ------------------------------------------------------------------ the request flow
     async def infer(self, request: codec.InferRequest, *, time_left_ms: float | None = None
@@ -119,7 +133,8 @@ class DataPlane:
 
     def _decide(self, model: str, route: str, budget_ms: float, runner: EdgeRunner | None) -> Decision:
         link_view = self.link.view(model) if self.link is not None else NO_LINK
-        edge_view = runner.view(self.loop_lag.high_ms()) if runner is not None else EdgeView(available=False)
+        edge_view = (runner.view(self.loop_lag.high_ms(), self.cpu.load) if runner is not None
+                     else EdgeView(available=False))
         decision = decide(self.policy, Observation(link_view, edge_view, self.memory),
                           RequestView(model=model, route=route, deadline_ms=budget_ms))
         if decision.memory.cloud_preferred != self.memory.cloud_preferred:

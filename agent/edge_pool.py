@@ -128,10 +128,10 @@ class EdgeRunner:
         ordered = sorted(self._recent)
         return max(self.service_ms, ordered[int(0.9 * (len(ordered) - 1))])
 
-    def view(self, scheduling_ms: float = 0.0) -> EdgeView:
+    def view(self, scheduling_ms: float = 0.0, cpu_load: float | None = None) -> EdgeView:
         return EdgeView(available=True, queue_depth=self.queue_depth, workers=self.workers,
                         service_ms=self.service_ms, service_high_ms=self.service_high_ms,
-                        scheduling_ms=scheduling_ms)
+                        scheduling_ms=scheduling_ms, cpu_load=cpu_load)
 
     async def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one request (a batch of rows) through the model; raises what the model raises."""

@@ -13,13 +13,18 @@ Policies
   above it, stop preferring it; prefer it again only once the RTT is back under ``rtt_recover_ms``
   (hysteresis, so a link hovering at the threshold does not flap). Whatever the preference, never pick
   a tier predicted to miss the request's deadline when the other one is predicted to make it.
+  A device overloaded (edge queue at ``max_queue_depth``, or host CPU at ``cpu_high``) offloads to
+  the cloud whenever the cloud is predicted to make the deadline, even while the RTT keeps the cloud
+  unpreferred (reasons ``queue_deep`` / ``cpu_high``); and since the edge prediction counts the work
+  queued ahead, a request never waits behind work that makes it miss its deadline when the cloud
+  could make it (``edge_busy``).
 - ``hedged``: like ``latency_aware``, but when the cloud is chosen the edge starts as well after
   ``hedge_delay_ms`` and the first answer wins.
 - ``cascade``: the edge answers first; a classifier answer whose confidence is under
   ``cascade_threshold`` is escalated to the cloud when the deadline leaves room for it.
 
-New policies plug into ``_POLICIES``; new observations (CPU load, for example) go into ``EdgeView`` or
-``LinkView`` with defaults, so existing callers and tests keep working.
+New policies plug into ``_POLICIES``; new observations go into ``EdgeView`` or ``LinkView`` with
+defaults, so existing callers and tests keep working (the CPU load arrived that way: ``EdgeView.cpu_load``).
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ class RoutingPolicy:
     cascade_thresholds: tuple[tuple[str, float], ...] = ()
     #: Allowance for scheduling jitter added to every prediction (event loop, thread hand-off).
     margin_ms: float = 5.0
+    #: Overload: this many requests waiting or running for the model (None: no limit) ...
+    max_queue_depth: int | None = None
+    #: ... or host CPU use at least this (0..1; None: ignore the CPU) sends work to a healthy cloud.
+    cpu_high: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", Policy(self.policy))
@@ -67,11 +76,23 @@ class RoutingPolicy:
                 f"rtt_recover_ms ({self.rtt_recover_ms}) must not exceed rtt_threshold_ms "
                 f"({self.rtt_threshold_ms}); the gap between them is the hysteresis band"
             )
+        if self.max_queue_depth is not None and self.max_queue_depth < 1:
+            raise ValueError(f"max_queue_depth must be at least 1, got {self.max_queue_depth}")
+        if self.cpu_high is not None and not 0 < self.cpu_high <= 1:
+            raise ValueError(f"cpu_high is a fraction in (0, 1], got {self.cpu_high}")
 
     @classmethod
-    def from_config(cls, routing: Any) -> RoutingPolicy:
-        """Build from the fleet config's routing object (any object with those attribute names)."""
+    def from_config(cls, routing: Any, load: Any = None) -> RoutingPolicy:
+        """Build from the fleet config's routing object (any object with those attribute names) and,
+        optionally, its ``load`` object (``max_queue_depth``, ``cpu_high_percent``)."""
         fields: dict[str, Any] = {}
+        if load is not None:
+            depth = getattr(load, "max_queue_depth", None)
+            if depth is not None:
+                fields["max_queue_depth"] = int(depth)
+            percent = getattr(load, "cpu_high_percent", None)
+            if percent is not None:
+                fields["cpu_high"] = float(percent) / 100.0
         for name in ("policy", "slo_ms", "rtt_threshold_ms", "rtt_recover_ms", "hedge_delay_ms", "margin_ms"):
             value = getattr(routing, name, None)
             if value is not None:
@@ -246,6 +267,29 @@ def _cloud(reason: str, obs: Observation, req: RequestView, memory: RouterMemory
     )
 
 
+def overload_reason(policy: RoutingPolicy, edge: EdgeView) -> str | None:
+    """Why the device counts as overloaded (``queue_deep`` or ``cpu_high``), or None when it does not."""
+    if policy.max_queue_depth is not None and edge.queue_depth >= policy.max_queue_depth:
+        return "queue_deep"
+    if policy.cpu_high is not None and edge.cpu_load is not None and edge.cpu_load >= policy.cpu_high:
+        return "cpu_high"
+    return None
+
+
+#: Reasons for which the cloud was picked because the edge could not take the work well.
+OFFLOAD_REASONS = frozenset({"queue_deep", "cpu_high", "edge_busy"})
+
+
+def _offload(reason: str, obs: Observation, req: RequestView, memory: RouterMemory, policy: RoutingPolicy):
+    """To the cloud because the edge is busy. The edge backup still starts at the last moment it can
+    make the deadline; when it cannot make it at all, it waits for the deadline itself (or a cloud
+    failure) instead of adding work to the busy edge at once."""
+    decision = _cloud(reason, obs, req, memory, policy)
+    if decision.edge_start_by_ms == 0.0:
+        decision = replace(decision, edge_start_by_ms=req.deadline_ms)
+    return decision
+
+
 def _link_unusable_reason(link: LinkView) -> str:
     return "link_" + (link.state if link.state and link.state != "ready" else "down")
 
@@ -285,6 +329,10 @@ def _latency_aware(
         if edge_makes_it:
             return _edge("deadline", obs, memory, policy)
     else:
+        overloaded = overload_reason(policy, edge)
+        if overloaded is not None and cloud_makes_it:
+            # A busy device sheds work to a healthy cloud, even though the RTT alone would keep it here.
+            return _offload(overloaded, obs, req, memory, policy)
         if edge_makes_it:
             return _edge("rtt_high", obs, memory, policy)
         if cloud_makes_it:
@@ -297,7 +345,8 @@ def _latency_aware(
 
 def _hedged(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory) -> Decision:
     decision = _latency_aware(policy, obs, req, memory)
-    if decision.tier is not Tier.CLOUD or decision.edge_start_by_ms is None:
+    if decision.tier is not Tier.CLOUD or decision.edge_start_by_ms is None or decision.reason in OFFLOAD_REASONS:
+        # An offloaded request keeps only the deadline backup: hedging would pile work on a busy edge.
         return decision
     # Without a configured delay, hedge once the cloud is later than its usual tail (high percentile).
     delay = policy.hedge_delay_ms
@@ -311,6 +360,8 @@ def _hedged(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: R
 
 def _cascade(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory) -> Decision:
     decision = _latency_aware(policy, obs, req, memory)
+    if decision.tier is Tier.CLOUD and decision.reason in OFFLOAD_REASONS:
+        return decision  # the edge is too busy to go first: straight to the cloud
     if decision.tier is Tier.CLOUD and policy.cascade_threshold_for(req.model) is not None and obs.edge.available:
         return _edge_then_cloud(policy, obs, req, memory)
     return decision

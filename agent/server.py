@@ -61,10 +61,13 @@ class AgentServer:
         self._gauges: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        #: The device config serving now (to tell which reloaded settings need a restart).
+        self._device_config: Any = None
 
     async def start(self) -> None:
         await self.dataplane.edge.start(warmup=self._warmup)
         self.dataplane.loop_lag.start()
+        self.dataplane.cpu.start()
         if self.link is not None:
             await self.link.start()
         await self.grpc_server.start()
@@ -90,6 +93,7 @@ class AgentServer:
             await self.link.close()
         await self.dataplane.edge.stop()
         await self.dataplane.loop_lag.stop()
+        await self.dataplane.cpu.stop()
         if self._gauges is not None:
             self._gauges.cancel()
         if self.metrics_endpoint is not None:
@@ -109,6 +113,28 @@ class AgentServer:
             self.metrics.set_link_state("down")
         for name, runner in self.dataplane.edge.runners.items():
             self.metrics.set_queue_depth(name, runner.queue_depth)
+
+    def apply_config(self, device_config: Any) -> list[str]:
+        """Apply a reloaded device config (SIGHUP): the routing and load settings take effect for the
+        next request; open streams and the cloud link carry on. Returns the changed settings that only
+        a restart applies (listen address, models, cloud endpoint, batching...), for the log."""
+        policy = policy_from_config(device_config)
+        revision = str(getattr(device_config, "revision", "") or "")
+        self.dataplane.apply_policy(policy, revision)
+        if self.metrics is not None:
+            self.metrics.set_config(self.dataplane.config_generation, sha256=revision,
+                                    path=str(getattr(device_config, "source", "") or ""))
+        restart_only = []
+        old = self._device_config
+        if old is not None:
+            for name in ("listen", "models", "models_dir", "batching", "cloud", "metrics", "logging"):
+                if getattr(old, name, None) != getattr(device_config, name, None):
+                    restart_only.append(name)
+            old_probe = getattr(getattr(old, "routing", None), "probe_interval_ms", None)
+            if old_probe != getattr(getattr(device_config, "routing", None), "probe_interval_ms", None):
+                restart_only.append("routing.probe_interval_ms")
+        self._device_config = device_config
+        return restart_only
 
     async def _refresh_gauges(self) -> None:
         while True:
@@ -140,7 +166,7 @@ def create_server(device_config: Any, *, listen: str | None = None, cloud: str |
     that will run the server.
     """
     routing = getattr(device_config, "routing", None)
-    policy = RoutingPolicy.from_config(routing) if routing is not None else RoutingPolicy()
+    policy = policy_from_config(device_config)
     if edge is None:
         edge = load_edge(device_config, models_dir=models_dir, threads=threads)
     link = None
@@ -182,7 +208,16 @@ def create_server(device_config: Any, *, listen: str | None = None, cloud: str |
     agent = AgentServer(server, servicer, health, dataplane, link, warmup=warmup, metrics=metrics,
                         metrics_port=int(getattr(metrics_cfg, "port", 0) or 0),
                         metrics_host=str(getattr(metrics_cfg, "host", "127.0.0.1") or "127.0.0.1"))
+    agent.apply_config(device_config)
     return agent, bound
+
+
+def policy_from_config(device_config: Any) -> RoutingPolicy:
+    """The router's settings from a device config: its ``routing`` block plus the ``load`` limits."""
+    routing = getattr(device_config, "routing", None)
+    if routing is None:
+        return RoutingPolicy()
+    return RoutingPolicy.from_config(routing, getattr(device_config, "load", None))
 
 
 def load_edge(device_config: Any, *, models_dir: str | Path | None = None, threads: int | None = None) -> EdgePool:
