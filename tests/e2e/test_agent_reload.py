@@ -1,0 +1,174 @@
+"""SIGHUP on a running ``fogline agent run``: new routing settings apply live, open streams carry on,
+a broken file is refused (a log line says why) and the old settings stay."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from fogline import codec
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.config import file_revision
+from agent.loopback import CloudProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.models]
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'proto'}", OMP_NUM_THREADS="1",
+           FOGLINE_LOG_FORMAT="json")
+IMAGE = np.full((1, 8, 8), 8.0, np.float32)
+
+
+def fleet_text(cloud_port: int, metrics_port: int, routing: str) -> str:
+    return "\n".join([
+        "version: 1",
+        f'cloud: {{endpoint: "127.0.0.1:{cloud_port}"}}',
+        "defaults:",
+        '  listen: "127.0.0.1:0"',
+        "  models: [digits]",
+        f"  routing: {routing}",
+        f"  metrics: {{port: {metrics_port}, host: 127.0.0.1}}",
+        "devices:",
+        "  cam-001: {}",
+        "",
+    ])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Lines:
+    """Collects a pipe's lines from a thread so the child never blocks on a full pipe."""
+
+    def __init__(self, pipe) -> None:
+        self.lines: list[str] = []
+        self._new: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
+
+    def _read(self, pipe) -> None:
+        for line in pipe:
+            self.lines.append(line)
+            self._new.put(line)
+
+    def wait_for(self, pattern: str, timeout_s: float = 60.0) -> re.Match[str]:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            try:
+                line = self._new.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
+                break
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(self.lines)}")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.fixture(scope="module")
+def cloud(model_repo):
+    with CloudProcess(model_repo) as proc:
+        yield proc
+
+
+def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, model_repo, cloud):
+    metrics_port = free_port()
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(fleet_text(cloud.port, metrics_port, "{policy: edge_only, slo_ms: 300}"))
+    first_revision = file_revision(fleet)
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(30)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fogline.cli", "agent", "run", "--config", str(fleet), "--device", "cam-001",
+         "--models", str(model_repo)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env=dict(ENV, NOTIFY_SOCKET=str(notify_path)),
+    )
+    out, err = Lines(proc.stdout), Lines(proc.stderr)
+    requests: queue.Queue = queue.Queue()
+
+    def generate():
+        while (item := requests.get(timeout=60)) is not None:
+            yield item
+
+    try:
+        port = int(out.wait_for(r"serving .* on [^ ]+:(\d+)", 90).group(1))
+        assert f"config revision {first_revision}" in out.lines[-1]
+        assert "READY=1" in notify.recv(4096).decode()
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        replies = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(generate(), timeout=120)
+
+        def ask(i: int) -> dict:
+            requests.put(codec.request_to_proto(codec.InferRequest("digits", {"image": IMAGE}, id=str(i))))
+            reply = next(replies)
+            assert not reply.error_message and reply.infer_response.id == str(i)
+            return codec.params_from_proto(reply.infer_response.parameters)
+
+        assert ask(0)["route_reason"] == "policy_edge_only"
+        m = scrape(metrics_port)
+        assert m[("fogline_agent_config_revision", ())] == 1
+        assert m[("fogline_agent_config_info", (("path", str(fleet)), ("revision", "1"),
+                                               ("sha256", first_revision)))] == 1
+
+        # A good file: cloud_only, on the same open stream.
+        fleet.write_text(fleet_text(cloud.port, metrics_port, "{policy: cloud_only, slo_ms: 300}"))
+        second_revision = file_revision(fleet)
+        proc.send_signal(signal.SIGHUP)
+        out.wait_for(rf"SIGHUP, config reloaded \(revision {second_revision}, policy cloud_only\)", 30)
+        assert "RELOADING=1" in notify.recv(4096).decode()
+        assert "READY=1" in notify.recv(4096).decode()
+        params = [ask(i) for i in range(1, 4)]
+        assert all(p["route_reason"] == "policy_cloud_only" and p["served_by"] == "cloud" for p in params), params
+        m = scrape(metrics_port)
+        assert m[("fogline_agent_config_revision", ())] == 2
+        assert m[("fogline_agent_config_reloads_total", (("result", "ok"),))] == 1
+
+        # A broken file: refused, the log says why, cloud_only stays.
+        fleet.write_text(fleet_text(cloud.port, metrics_port, "{policy: fastest, slo_ms: 300}"))
+        proc.send_signal(signal.SIGHUP)
+        out.wait_for(r"SIGHUP, config refused \(keeping revision " + second_revision, 30)
+        refusal = json.loads(err.wait_for(r'.*"config reload refused.*', 10).group(0))
+        assert refusal["level"] == "error" and "fastest" in refusal["msg"] and "routing.policy" in refusal["msg"]
+        params = [ask(i) for i in range(4, 7)]
+        assert all(p["route_reason"] == "policy_cloud_only" for p in params), params
+        m = scrape(metrics_port)
+        assert m[("fogline_agent_config_revision", ())] == 2
+        assert m[("fogline_agent_config_reloads_total", (("result", "error"),))] == 1
+        assert m[("fogline_agent_config_info", (("path", str(fleet)), ("revision", "2"),
+                                               ("sha256", second_revision)))] == 1
+
+        requests.put(None)
+        assert list(replies) == []  # the stream ends cleanly, never broken by the reloads
+        channel.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        requests.put(None)
+        notify.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
