@@ -8,8 +8,11 @@ How a request travels:
    idle and a request arrives, it is dispatched **at once**: nobody waits for company when there is
    no one to wait behind. While a batch runs, new requests pile up in the queue; when the model is
    free again they all leave together as the next batch (up to ``max_batch_size`` rows). With
-   ``max_queue_delay_us`` > 0, such a follow-up batch that is not full may be held until the oldest
-   request in it has waited that long (Triton's ``max_queue_delay_microseconds``).
+   ``max_queue_delay_us`` > 0 (like Triton's ``max_queue_delay_microseconds``) and a batch of several
+   requests just finished, the next batch may be held at most that long after the model became
+   free, until as many rows are queued as the last batch had plus those already waiting: the callers
+   just answered tend to come straight back, and one full batch beats a lopsided pair (1 + 31).
+   After a batch of one request nothing is held, so a lone caller never waits.
 3. A request whose deadline has passed, or whose caller went away, is dropped before compute.
 4. The batch's inputs are concatenated along axis 0, the model runs on one worker thread (off the
    event loop), and the outputs are split back by each request's row count.
@@ -167,26 +170,35 @@ class DynamicBatcher:
 
     async def _dispatch(self) -> None:
         assert self._wakeup is not None
-        just_ran = False  # True while requests queued up behind a batch that just finished
+        expected = 0  # rows likely to be queued soon: the last batch's callers coming back + waiting ones
+        free_at = 0.0
         while True:
+            if self._delay_s > 0 and expected > 1:
+                await self._hold_for_company(expected, free_at + self._delay_s)
             while not self._pending and not self._closed:
-                just_ran = False
                 self._wakeup.clear()
                 await self._wakeup.wait()
             if self._closed:
                 return
-            if just_ran and self._delay_s > 0:
-                await self._hold_for_company()
             batch = self._take()
             if batch:
                 await self._execute(batch)
-                just_ran = True
+                free_at = self._clock()
+                expected = min(self.max_batch_size, sum(it.rows for it in batch) + self._pending_rows())
 
-    async def _hold_for_company(self) -> None:
-        """Follow-up batch not full yet: wait until it is, or its oldest request waited the delay."""
+    def _pending_rows(self) -> int:
+        return sum(it.rows for it in self._pending)
+
+    async def _hold_for_company(self, expected: int, until: float) -> None:
+        """Just after a batch: wait (until ``until`` at most) for ``expected`` rows to be queued.
+
+        Callers answered by the batch that just finished usually send their next request at once;
+        holding the model for them turns a lopsided pair of batches (1 + 31) into one full batch.
+        After a batch of one request nothing is expected, so a lone caller never waits.
+        """
         assert self._wakeup is not None
-        while sum(it.rows for it in self._pending) < self.max_batch_size:
-            remaining = self._pending[0].enqueued + self._delay_s - self._clock()
+        while self._pending_rows() < expected and not self._closed:
+            remaining = until - self._clock()
             if remaining <= 0:
                 return
             self._wakeup.clear()

@@ -156,6 +156,51 @@ def test_queue_delay_holds_a_follow_up_batch_for_company():
     assert model.calls == [1, 2]
 
 
+def test_lone_caller_never_waits_for_the_queue_delay():
+    model = Doubler()
+
+    async def main():
+        batcher = DynamicBatcher("m", model, max_batch_size=8, max_queue_delay_us=300_000)
+        t0 = time.perf_counter()
+        for i in range(5):  # c=1: each request after the previous answer
+            await batcher.submit(rows(1, i))
+        elapsed = time.perf_counter() - t0
+        await batcher.close()
+        return elapsed
+
+    assert run(main()) < 0.3
+    assert model.calls == [1] * 5
+
+
+def test_callers_of_the_last_batch_are_awaited_for_one_full_batch():
+    model = Doubler()
+
+    async def main():
+        batcher = DynamicBatcher("m", model, max_batch_size=8, max_queue_delay_us=300_000)
+        model.gate.clear()
+        first = [asyncio.create_task(batcher.submit(rows(1)))]
+        await asyncio.to_thread(model.started.wait, 5)  # batch [1] runs, 3 queue behind it
+        first += [asyncio.create_task(batcher.submit(rows(1))) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(*first)  # then [3]; now 3 rows are expected back
+        t0 = time.perf_counter()
+        back = []
+        for _ in range(3):  # the callers come back one by one, 20 ms apart
+            back.append(asyncio.create_task(batcher.submit(rows(1))))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*back)
+        waited = time.perf_counter() - t0
+        late = [asyncio.create_task(batcher.submit(rows(1)))]  # only 1 of 3 expected comes back
+        await asyncio.gather(*late)
+        await batcher.close()
+        return waited
+
+    waited = run(main())
+    assert model.calls == [1, 3, 3, 1]
+    assert waited < 0.25  # held only until the 3 were there, not for the whole delay
+
+
 def test_full_queue_is_refused_with_overloaded():
     model = Doubler()
 
