@@ -243,7 +243,7 @@ def measure(models: Path, device: str, rounds: int, seconds: float, warmup: floa
 # ------------------------------------------------------------------------------------ report
 
 
-def write_report(out: Path, device: str, rounds: int, seconds: float, runs: dict) -> None:
+def write_report(out: Path, device: str, rounds: int, seconds: float, runs: dict, note: str = "") -> None:
     inproc = [runs["in", b] for b in BATCH_SIZES]
     on = [runs["on", c] for c in CONCURRENCY]
     off = [runs["off", c] for c in CONCURRENCY]
@@ -265,6 +265,7 @@ def write_report(out: Path, device: str, rounds: int, seconds: float, runs: dict
         "Throughput: median over the rounds; latency percentiles: over all requests of the row.",
         f"Machine: {platform.machine()}, {usable_cores()} usable CPU cores (of {os.cpu_count()}), Python {platform.python_version()}, "
         f"torch {_torch_version()}, device {device}. Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
+        *([f"Note: {note}"] if note else []),
         "",
         "| configuration | throughput (sentences/s) | p50 ms | p99 ms | mean batch rows |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -337,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=2.5, help="measured seconds per served row and round"
     )
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each served row")
+    parser.add_argument("--note", default="", help="a line of provenance to add to the report")
     parser.add_argument("--out", type=Path, help="report path (default bench/results/cloud[-gpu].md)")
     args = parser.parse_args(argv)
 
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_models(models, names=["minilm"], progress=True)
     out = args.out or RESULTS / ("cloud-gpu.md" if args.device == "cuda" else "cloud.md")
     runs = measure(models, args.device, args.rounds, args.seconds, args.warmup, sentences())
-    write_report(out, args.device, args.rounds, args.seconds, runs)
+    write_report(out, args.device, args.rounds, args.seconds, runs, note=args.note)
     return 0
 
 
