@@ -251,10 +251,10 @@ def write_report(out: Path, device: str, rounds: int, seconds: float, runs: dict
     b1 = inproc[0]
     on_by_c = dict(zip(CONCURRENCY, on, strict=True))
     off_by_c = dict(zip(CONCURRENCY, off, strict=True))
-    ratio_32 = on_by_c[32].throughput / ceiling.throughput
+    ratio_32 = _ratio(on_by_c[32].throughput, ceiling.throughput)
     c1_extra = on_by_c[1].p(50) - b1.p(50)
-    gain = on_by_c[32].throughput / off_by_c[32].throughput
-    inproc_gain = ceiling.throughput / b1.throughput
+    gain = _ratio(on_by_c[32].throughput, off_by_c[32].throughput)
+    inproc_gain = _ratio(ceiling.throughput, b1.throughput)
     ok = "PASS" if ratio_32 >= 0.9 and c1_extra <= 2.0 else "FAIL"
     cmd = " ".join(["python -m bench.cloud", *sys.argv[1:]])
     lines = [
@@ -299,6 +299,10 @@ def write_report(out: Path, device: str, rounds: int, seconds: float, runs: dict
     print(
         f"wrote {out}: c=32 {ratio_32:.1%} of ceiling, c=1 p50 {c1_extra:+.2f} ms, gain {gain:.2f}x -> {ok}"
     )
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
 
 
 def _torch_version() -> str:
