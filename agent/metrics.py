@@ -115,6 +115,16 @@ class AgentMetrics:
     def observe_escalation(self, model: str) -> None:
         self.escalations.labels(model).inc()
 
+    def declare_models(self, models: list[str] | tuple[str, ...]) -> None:
+        """Publish zero-valued series for every model's hedge outcomes, fallbacks and escalations, so a
+        dashboard (and ``rate()``) sees them before the first event rather than a missing series."""
+        for model in models:
+            for outcome in ("won", "lost"):
+                self.hedges.labels(model, outcome)
+            for a, b in (("cloud", "edge"), ("edge", "cloud")):
+                self.fallbacks.labels(model, a, b)
+            self.escalations.labels(model)
+
     # -- state ------------------------------------------------------------------------------------
 
     def set_rtt(self, smoothed_s: float | None = None, p95_s: float | None = None, **others: float) -> None:

@@ -177,6 +177,7 @@ def create_server(device_config: Any, *, listen: str | None = None, cloud: str |
         overrides["endpoint"] = endpoint
         link = CloudLink(LinkSettings.from_config(cloud_cfg, routing, **overrides))
     metrics = metrics if metrics is not None else AgentMetrics()
+    metrics.declare_models(sorted(edge.runners))
     dataplane = DataPlane(edge, link, policy, metrics=metrics)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
