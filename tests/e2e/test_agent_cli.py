@@ -147,3 +147,30 @@ def test_systemd_notify_ready_watchdog_and_stopping(fleet, model_repo, tmp_path)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigterm_answers_every_unary_call_in_flight(fleet, model_repo):
+    proc, port = start_agent(fleet, model_repo, "--grace-s", "20")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            texts = np.array([("a long sentence to embed " * 40).encode()] * 16, dtype=object)
+            calls = [stub.ModelInfer.future(codec.request_to_proto(codec.InferRequest(
+                "minilm", {"text": texts}, id=str(i))), timeout=60) for i in range(12)]
+            finished: list[float] = []
+            for call in calls:
+                call.add_done_callback(lambda _: finished.append(time.monotonic()))
+            time.sleep(0.05)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            answers = [codec.response_from_proto(call.result()) for call in calls]
+        assert sum(t > signalled for t in finished) >= 6  # most were still in flight when SIGTERM came
+        assert sorted(int(a.id) for a in answers) == list(range(12))
+        assert all(a.outputs["embedding"].shape == (16, 384) for a in answers)
+        assert proc.wait(30) == 0
+        out = proc.stdout.read()
+        assert "SIGTERM, draining" in out and "stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
