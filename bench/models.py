@@ -7,7 +7,14 @@ ONNX vs the INT8 ONNX; median latency at batch 1 and 8 of torch FP32 (``FullMode
 FP32 and onnxruntime INT8 (``EdgeModel``), each through ``predict`` as the servers call it (so
 tokenization is included for minilm, equally for all three); and fidelity (the build's measurement,
 redone). Rounds are interleaved (each round times every runtime once) so drift in machine load hits
-all runtimes alike. The report is written between the ``bench:begin``/``bench:end`` markers of the
+all runtimes alike. Every runtime gets the same thread count (``--threads``: torch's intra-op
+threads, onnxruntime's ``intra_op_num_threads``). The torch side runs as the cloud serves it
+(``FullModel.predict``: eval mode under ``torch.inference_mode``).
+
+minilm's speed gates are judged on realistic batches ("batch 8 real"): the whole fidelity sentence
+file in order, cut into consecutive groups of 8, each padded to its own longest sentence as the
+edge runtime does; the latency is the median over groups of each group's median. The older
+"batch 8" column (the 8 median-length sentences, 16 tokens, almost no padding) is still reported. The report is written between the ``bench:begin``/``bench:end`` markers of the
 output file, leaving the hand-written exploration notes around it untouched; a PNG chart goes next
 to it. Exit status 1 when a gate fails.
 """
@@ -33,21 +40,29 @@ RUNTIMES = ("torch FP32", "ORT FP32", "ORT INT8")
 GATES = {"size_ratio_min": 3.0, "speedup_vs_ort_fp32_b8_min": 1.8, "speedup_vs_torch_b8_min": 2.5}
 
 
-def _inputs(name: str) -> dict[str, dict[str, np.ndarray]]:
-    """Inputs per column: batch 1 and 8 of median-length sentences (the gated ones), plus batch 8
-    of the longest sentences for minilm; batch 1 and 8 of held-out images for digits."""
+#: Which latency column each model's speed gates are judged on (see the module docstring).
+GATE_BATCH = {"minilm": "8 real", "digits": "8"}
+
+
+def _inputs(name: str) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Input batches per column. minilm: batch 1 and 8 of median-length sentences, batch 8 of the
+    longest ones, and "8 real": every consecutive group of 8 of the sentence file, in file order.
+    digits: batch 1 and 8 of held-out images."""
     if name == "minilm":
         from edge_models.fidelity import load_sentences
 
-        texts = sorted(load_sentences(), key=len)
+        ordered = load_sentences()
+        texts = sorted(ordered, key=len)
         mid = len(texts) // 2
-        pick = {"1": texts[mid : mid + 1], "8": texts[mid - 4 : mid + 4], "8 long": texts[-8:]}
-        return {b: {"text": np.array([t.encode() for t in ts], dtype=object)} for b, ts in pick.items()}
+        pick = {"1": [texts[mid : mid + 1]], "8": [texts[mid - 4 : mid + 4]], "8 long": [texts[-8:]],
+                "8 real": [ordered[i : i + 8] for i in range(0, len(ordered) - 7, 8)]}  # fmt: skip
+        return {b: [{"text": np.array([t.encode() for t in ts], dtype=object)} for ts in group]
+                for b, group in pick.items()}  # fmt: skip
     from edge_models.build_digits import CONFIG
     from edge_models.digits_net import load_digits_split
 
     images = load_digits_split(CONFIG).test_x
-    return {"1": {"image": images[:1]}, "8": {"image": images[:8]}}
+    return {"1": [{"image": images[:1]}], "8": [{"image": images[:8]}]}
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 5) -> dict[str, float]:
@@ -62,6 +77,22 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: in
             fn()
             samples[key].append((time.perf_counter() - start) * 1000.0)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def time_groups(runtimes: dict[str, Any], feeds: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
+    """Median over ``feeds`` of each feed's median milliseconds, per runtime; every round times
+    each feed on every runtime, interleaved."""
+    for model in runtimes.values():
+        for feed in feeds[:3]:
+            model.predict(feed)
+    samples: dict[str, list[list[float]]] = {k: [[] for _ in feeds] for k in runtimes}
+    for _ in range(rounds):
+        for index, feed in enumerate(feeds):
+            for key, model in runtimes.items():
+                start = time.perf_counter()
+                model.predict(feed)
+                samples[key][index].append((time.perf_counter() - start) * 1000.0)
+    return {k: statistics.median(statistics.median(s) for s in per_feed) for k, per_feed in samples.items()}
 
 
 def bench_model(version_dir: Path, repeats: int, threads: int) -> dict[str, Any]:
@@ -81,8 +112,12 @@ def bench_model(version_dir: Path, repeats: int, threads: int) -> dict[str, Any]
         "ORT INT8": EdgeModel.load(version_dir, threads),
     }
     latency: dict[str, dict[str, float]] = {}
-    for batch, feed in _inputs(name).items():
-        fns = {k: (lambda m=m, f=feed: m.predict(f)) for k, m in runtimes.items()}
+    inputs = _inputs(name)
+    for batch, feeds in inputs.items():
+        if len(feeds) > 1:  # about 30 batches per round: fewer rounds give as many samples
+            latency[batch] = time_groups(runtimes, feeds, max(5, repeats // 6))
+            continue
+        fns = {k: (lambda m=m, f=feeds[0]: m.predict(f)) for k, m in runtimes.items()}
         latency[batch] = time_interleaved(fns, repeats)
     artifacts = full.manifest["artifacts"]
     sizes = {
@@ -96,9 +131,11 @@ def bench_model(version_dir: Path, repeats: int, threads: int) -> dict[str, Any]
         from edge_models.text import TextEncoder
 
         encoder = TextEncoder(version_dir / artifacts["tokenizer"])
-        tokens = {b: encoder.encode(decode_texts(f["text"]))["input_ids"].shape[1] for b, f in _inputs(name).items()}
+        tokens = {b: [encoder.encode(decode_texts(f["text"]))["input_ids"].shape[1] for f in fs]
+                  for b, fs in inputs.items()}  # fmt: skip
     return {"name": name, "sizes": sizes, "latency": latency, "metrics": measure(name, version_dir),
-            "recipe": full.manifest.get("quantization", {}), "tokens": tokens}  # fmt: skip
+            "recipe": full.manifest.get("quantization", {}), "tokens": tokens,
+            "torch_threads": torch.get_num_threads()}  # fmt: skip
 
 
 def gate_lines(result: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -106,16 +143,20 @@ def gate_lines(result: dict[str, Any]) -> list[tuple[str, bool]]:
     from edge_models.fidelity import gate_failures
     from edge_models.verify import gated_metrics
 
-    name, sizes, lat8 = result["name"], result["sizes"], result["latency"]["8"]
+    name, sizes = result["name"], result["sizes"]
+    batch = GATE_BATCH.get(name, "8")
+    if batch not in result["latency"]:  # a report without realistic batches: judge on batch 8
+        batch = "8"
+    lat8 = result["latency"][batch]
     ratio = sizes["FP32 ONNX"] / sizes["INT8 ONNX"]
     vs_ort = lat8["ORT FP32"] / lat8["ORT INT8"]
     vs_torch = lat8["torch FP32"] / lat8["ORT INT8"]
     lines = [
         (f"INT8 file {ratio:.2f}x smaller than FP32 ONNX (gate >= {GATES['size_ratio_min']}x)",
          ratio >= GATES["size_ratio_min"]),
-        (f"ORT INT8 batch 8 {vs_ort:.2f}x faster than ORT FP32 (gate >= {GATES['speedup_vs_ort_fp32_b8_min']}x)",
+        (f"ORT INT8 batch {batch} {vs_ort:.2f}x faster than ORT FP32 (gate >= {GATES['speedup_vs_ort_fp32_b8_min']}x)",
          vs_ort >= GATES["speedup_vs_ort_fp32_b8_min"]),
-        (f"ORT INT8 batch 8 {vs_torch:.2f}x faster than torch FP32 (gate >= {GATES['speedup_vs_torch_b8_min']}x)",
+        (f"ORT INT8 batch {batch} {vs_torch:.2f}x faster than torch FP32 (gate >= {GATES['speedup_vs_torch_b8_min']}x)",
          vs_torch >= GATES["speedup_vs_torch_b8_min"]),
     ]  # fmt: skip
     failures = gate_failures(name, gated_metrics(name, result["metrics"]))
@@ -141,7 +182,7 @@ def fidelity_lines(result: dict[str, Any]) -> list[str]:
     ]
 
 
-def render(results: list[dict[str, Any]], repeats: int, threads: int) -> str:
+def render(results: list[dict[str, Any]], repeats: int, threads: int, load: tuple[float, float] = (0.0, 0.0)) -> str:
     """The generated markdown section."""
     import onnxruntime
     import torch
@@ -150,8 +191,11 @@ def render(results: list[dict[str, Any]], repeats: int, threads: int) -> str:
     out = [
         BEGIN,
         f"_Generated by `python -m bench.models` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"{cpu}, {os.cpu_count()} cores, {threads} thread(s) per runtime; onnxruntime {onnxruntime.__version__}, "
-        f"torch {torch.__version__}, Python {platform.python_version()}; medians of {repeats} interleaved rounds._",
+        f"{cpu}, {os.cpu_count()} cores, {threads} thread(s) per runtime (onnxruntime intra-op threads; "
+        f"torch intra-op threads, {results[0].get('torch_threads', '?')} when measured); "
+        f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, Python {platform.python_version()}; "
+        f"medians of {repeats} interleaved rounds (batch 8 real: {max(5, repeats // 6)} rounds over every group); "
+        f"load average {load[0]:.2f} before, {load[1]:.2f} after (other engineers share the machine)._",
         "",
     ]
     for r in results:
@@ -159,16 +203,21 @@ def render(results: list[dict[str, Any]], repeats: int, threads: int) -> str:
         out += [f"### {r['name']}", "", "| file | size |", "| --- | --- |"]
         out += [f"| {k} | {v / 1e6:.2f} MB |" for k, v in s.items()]
         columns = list(r["latency"])
-        out += ["", "| runtime | " + " | ".join(f"batch {c} (ms)" for c in columns) + " | ORT INT8 speed-up at batch 8 |",
-                "| --- " * (len(columns) + 2) + "|"]  # fmt: skip
+        eights = [c for c in columns if c.startswith("8")]
+        out += ["", "| runtime | " + " | ".join(f"batch {c} (ms)" for c in columns) + " | "
+                + " | ".join(f"ORT INT8 speed-up, batch {c}" for c in eights) + " |",
+                "| --- " * (len(columns) + len(eights) + 1) + "|"]  # fmt: skip
         for rt in RUNTIMES:
             cells = " | ".join(f"{r['latency'][c][rt]:.3f}" for c in columns)
-            speedup = r["latency"]["8"][rt] / r["latency"]["8"]["ORT INT8"]
-            out.append(f"| {rt} | {cells} | {speedup:.2f}x |")
-        if "8 long" in columns:
+            ups = " | ".join(f"{r['latency'][c][rt] / r['latency'][c]['ORT INT8']:.2f}x" for c in eights)
+            out.append(f"| {rt} | {cells} | {ups} |")
+        if "8 real" in columns:
             tokens = r.get("tokens", {})
-            out.append(f"\nBatch 1 and 8: median-length sentences ({tokens.get('8', '?')} tokens padded); "
-                       f"batch 8 long: the 8 longest ({tokens.get('8 long', '?')} tokens). Gates use batch 8.")
+            real = sorted(tokens.get("8 real", [0]))
+            out.append(f"\nBatch 1 and 8: median-length sentences ({tokens['8'][0]} tokens padded); batch 8 long: "
+                       f"the 8 longest ({tokens['8 long'][0]} tokens); batch 8 real: all {len(real)} consecutive "
+                       f"groups of 8 of the sentence file, each padded to its longest ({real[0]}-{real[-1]} tokens, "
+                       f"median {statistics.median(real):g}); median over groups. Speed gates use batch 8 real.")
         out += ["", *fidelity_lines(r), f"- recipe: `{_recipe_text(r['recipe'])}`", "", "Gates:", ""]
         out += [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in gate_lines(r)]
         out.append("")
@@ -215,9 +264,10 @@ def write_chart(path: Path, results: list[dict[str, Any]]) -> bool:
         return False
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5))
     for ax, r in zip(np.atleast_1d(axes), results, strict=True):
-        values = [r["latency"]["8"][rt] for rt in RUNTIMES]
+        batch = GATE_BATCH.get(r["name"], "8")
+        values = [r["latency"][batch][rt] for rt in RUNTIMES]
         ax.bar(RUNTIMES, values, color=["#888888", "#4477aa", "#228833"])
-        ax.set_title(f"{r['name']}: latency at batch 8")
+        ax.set_title(f"{r['name']}: latency at batch {batch}")
         ax.set_ylabel("ms (median)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -240,10 +290,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.models") ->
     ensure_models(root, progress=True)
     repo = ModelRepository(root)
     results = []
+    load_before = os.getloadavg()[0]
     for name in ("minilm", "digits"):
         print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
         results.append(bench_model(repo.resolve(name), args.repeats, args.threads))
-    section = render(results, args.repeats, args.threads)
+    section = render(results, args.repeats, args.threads, (load_before, os.getloadavg()[0]))
     write_report(args.out, section)
     chart = args.out.with_suffix(".png")
     if write_chart(chart, results):

@@ -2,7 +2,11 @@
 
 Steps (each reported through ``report``): copy the packaged weights, config and tokenizer into the
 version directory; export the torch encoder (with pooling and normalisation) to FP32 ONNX and check
-it against torch; quantize it with ``RECIPE``; measure INT8 fidelity on ``data/sentences.txt``.
+it against torch; quantize it with ``RECIPE``; measure INT8 fidelity on ``data/sentences.txt``. The
+ONNX files are exported from ``UnpaddedMiniLM`` (``edge_models.unpadded``): the same weights and
+function as the cloud's ``MiniLMEmbedder``, but its per-token layers skip padded positions; both
+the FP32 reference and the INT8 edge file come from that export, so the two differ only by
+quantization.
 Returns the manifest fields (the caller adds the file table). Nothing is downloaded.
 """
 
@@ -24,6 +28,7 @@ from .onnx_export import export_onnx, torch_threads
 from .quantize import Recipe, quantize_onnx
 from .spec import MINILM_INPUTS, MINILM_OUTPUTS
 from .text import TextEncoder
+from .unpadded import UnpaddedMiniLM
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -90,7 +95,7 @@ def build_minilm(out: Path, report: Callable[[str], None], recipe: Recipe = RECI
     example = encoder.encode(["an example sentence for tracing", "short"])
     with torch_threads(1):
         export_onnx(
-            full.module,
+            UnpaddedMiniLM.from_padded(full.module),
             tuple(torch.from_numpy(example[n]) for n in TOKEN_INPUTS),
             out / ARTIFACTS["reference_onnx"],
             TOKEN_INPUTS,
