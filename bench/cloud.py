@@ -68,6 +68,34 @@ class Run:
         return float(np.mean(self.batch_rows)) if self.batch_rows else float("nan")
 
 
+class SentenceOrder:
+    """Which sentence comes next: a fixed pseudo-random order shared by every caller.
+
+    In-process batches and served requests both draw from it, so a served batch of 32 (gathered from
+    32 streams) is made of the same kind of random sentences as an in-process batch of 32; a batch is
+    padded to its longest sentence, so drawing them differently would make one side cheaper.
+    """
+
+    def __init__(self, count: int, seed: int = 0) -> None:
+        self._order = np.random.default_rng(seed).permutation(np.tile(np.arange(count), 50))
+        self._at = 0
+
+    def take(self, n: int) -> list[int]:
+        picked = [int(self._order[(self._at + i) % len(self._order)]) for i in range(n)]
+        self._at += n
+        return picked
+
+
+ORDER: SentenceOrder | None = None
+
+
+def order(count: int) -> SentenceOrder:
+    global ORDER
+    if ORDER is None:
+        ORDER = SentenceOrder(count)
+    return ORDER
+
+
 def sentences() -> list[str]:
     from edge_models.fidelity import load_sentences
 
@@ -88,14 +116,12 @@ class InProcess:
         torch.set_num_threads(usable_cores())
         self.model = FullModel.load(version_dir, device=device)
         self.texts = texts
-        self.cursor = 0
         for batch in BATCH_SIZES:  # warm-up
             for _ in range(2):
                 self.model.predict({"text": self._next(batch)})
 
     def _next(self, size: int) -> np.ndarray:
-        rows = [self.texts[(self.cursor + i) % len(self.texts)].encode() for i in range(size)]
-        self.cursor += size
+        rows = [self.texts[i].encode() for i in order(len(self.texts)).take(size)]
         return np.array(rows, dtype=object)
 
     def measure(self, batch: int, seconds: float) -> tuple[int, float, list[float], list[int]]:
@@ -178,18 +204,17 @@ async def closed_loop(
         start = time.perf_counter()
         measure_from, stop_at = start + warmup, start + warmup + seconds
 
-        async def client(k: int) -> None:
+        async def client() -> None:
             nonlocal errors
             call = open_stream()
-            i = k * 7
+            sequence = order(len(messages))
             while True:
                 t0 = time.perf_counter()
                 if t0 >= stop_at:
                     break
-                await call.write(messages[i % len(messages)])
+                await call.write(messages[sequence.take(1)[0]])
                 reply = await call.read()
                 t1 = time.perf_counter()
-                i += 1
                 if t0 < measure_from or t1 > stop_at:
                     continue
                 if reply.error_message:
@@ -199,7 +224,7 @@ async def closed_loop(
                 batches.append(reply.infer_response.parameters["batch_size"].int64_param)
             await call.done_writing()
 
-        await asyncio.gather(*(client(k) for k in range(concurrency)))
+        await asyncio.gather(*(client() for _ in range(concurrency)))
     return len(latencies), seconds, latencies, batches, errors
 
 
