@@ -116,6 +116,9 @@ def assert_no_errors_and_deadlines(records: list[Record]) -> None:
     assert not late, "requests over their deadline by more than 20 ms:\n" + summary(late)
 
 
+# Deadline checks are timing-sensitive: a CPU burst from another process on this 2-core host can
+# stall the agent for tens of ms. One rerun separates that from a real routing fault.
+@pytest.mark.flaky(reruns=1, reruns_delay=2)
 def test_latency_step_moves_to_edge_within_1s_and_back_to_cloud_within_3s(cloud, model_repo):
     async def scenario():
         async with LoopbackRig(model_repo, cloud.port) as rig:
@@ -136,6 +139,9 @@ def test_latency_step_moves_to_edge_within_1s_and_back_to_cloud_within_3s(cloud,
     assert sum(r.served_by == "cloud" for r in settled) >= 0.9 * len(settled), summary(settled)
 
 
+# Deadline checks are timing-sensitive: a CPU burst from another process on this 2-core host can
+# stall the agent for tens of ms. One rerun separates that from a real routing fault.
+@pytest.mark.flaky(reruns=1, reruns_delay=2)
 def test_blackhole_and_connection_reset_cost_no_request(cloud, model_repo):
     def blackhole(on):
         return lambda rig: rig.proxy.set_conditions(delay_ms=5, blackhole=on)
