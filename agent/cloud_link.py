@@ -16,6 +16,8 @@ it by request id. Around that stream it:
 - reconnects in the background with capped exponential backoff and jitter, over a fresh channel with
   HTTP/2 keepalive.
 
+The probes and the stall detection live in ``agent.link_probes`` (a mixin of ``CloudLink``).
+
 Abandoned requests (the data plane stopped waiting and answered from the edge) stay pending until their
 answer arrives: that late answer is still a valid RTT sample, which is how the link learns how slow the
 network became.
@@ -35,12 +37,13 @@ from typing import Any
 
 import grpc
 from fogline import codec
-from fogline.errors import FoglineError, InvalidInput, Unavailable
+from fogline.errors import InvalidInput, Unavailable
 from fogline.inference import grpc_service_pb2 as pb
 from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
 from agent.breaker import BreakerState, CircuitBreaker
 from agent.cloud_models import CloudModels
+from agent.link_probes import LinkProbes, describe_error
 from agent.link_settings import LinkSettings, backoff_ms
 from agent.router import LinkView
 from agent.rtt import RttEstimator, inband_sample_ms
@@ -77,7 +80,7 @@ class LinkStats:
     history: list[str] = field(default_factory=list)
 
 
-class CloudLink:
+class CloudLink(LinkProbes):
     """One multiplexed ``ModelStreamInfer`` stream to the cloud, kept alive and measured."""
 
     def __init__(self, settings: LinkSettings, *, clock: Callable[[], float] = time.monotonic,
@@ -183,8 +186,8 @@ class CloudLink:
         except Exception as exc:  # the stream is gone; the reader will notice too
             entry = self._pending.pop(wire_id, None)
             if entry is not None and not entry.future.done():
-                entry.future.set_exception(Unavailable(f"cloud stream write failed: {_describe(exc)}"))
-            self._break(f"write failed: {_describe(exc)}")
+                entry.future.set_exception(Unavailable(f"cloud stream write failed: {describe_error(exc)}"))
+            self._break(f"write failed: {describe_error(exc)}")
 
     async def _unary(self, stub: Any, msg: pb.ModelInferRequest, wire_id: str) -> None:
         try:
@@ -202,9 +205,9 @@ class CloudLink:
             elif entry is not None:
                 self._model_failed(entry.model)  # the link works; this model on that cloud does not
             if entry is not None and not entry.future.done():
-                entry.future.set_exception(Unavailable(f"cloud call failed: {_describe(exc)}"))
+                entry.future.set_exception(Unavailable(f"cloud call failed: {describe_error(exc)}"))
             if isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.UNAVAILABLE:
-                self._break(_describe(exc))
+                self._break(describe_error(exc))
             return
         entry = self._pending.pop(wire_id, None)
         if entry is not None:
@@ -255,7 +258,7 @@ class CloudLink:
             try:
                 await self._open()
             except Exception as exc:
-                self.stats.last_error = _describe(exc)
+                self.stats.last_error = describe_error(exc)
                 self.breaker.record_failure(self.now_ms())
                 log.info("cloud %s: connect failed (%s)", self.settings.endpoint, self.stats.last_error)
                 await self._close_channel()
@@ -343,9 +346,9 @@ class CloudLink:
                 self._on_message(msg)
         except grpc.aio.AioRpcError as exc:
             self._break_code = exc.code()
-            return _describe(exc)
+            return describe_error(exc)
         except Exception as exc:
-            return _describe(exc)
+            return describe_error(exc)
 
     async def _watch_channel(self, channel: Any) -> str:
         while True:
@@ -418,76 +421,3 @@ class CloudLink:
             if not entry.future.done():
                 entry.future.set_exception(Unavailable(reason))
         self._probes.clear()
-
-    # ------------------------------------------------------------------ probes and stall detection
-    async def _monitor_loop(self) -> None:
-        tick = max(0.01, min(self.settings.probe_interval_ms, 100.0) / 2000.0)
-        while not self._closing:
-            await asyncio.sleep(tick)
-            if not self._connected.is_set():
-                continue
-            now = self.now_ms()
-            oldest = next(iter(self._pending.values()), None)
-            if oldest is not None and now - oldest.sent_at > self.settings.request_timeout_ms:
-                self._break(f"no answer for {self.settings.request_timeout_ms:.0f} ms (stream stalled)")
-                continue
-            last = max(self._last_probe_sent, self.rtt.last_sample_at or -1e18)
-            if now - last >= self.settings.probe_interval_ms and \
-                    len(self._probes) < self.settings.max_probes_in_flight:
-                self._last_probe_sent = now
-                task = asyncio.create_task(self._probe())
-                self._side_tasks.add(task)
-                task.add_done_callback(self._side_tasks.discard)
-
-    def probe_timeout_ms(self) -> float:
-        """How long a probe may take before it counts as failed: the configured floor, or three times
-        the smoothed RTT on a slow but working link (so slowness alone does not read as an outage)."""
-        rtt = self.rtt.smoothed_ms or 0.0
-        return min(max(self.settings.probe_timeout_ms, 3.0 * rtt), max(self.settings.probe_timeout_ms,
-                                                                     self.settings.request_timeout_ms))
-
-    async def _probe(self) -> None:
-        stub = self._stub
-        if stub is None:
-            return
-        probe_id = next(self._ids)
-        sent = self.now_ms()
-        self._probes[probe_id] = sent
-        try:
-            reply = await stub.ServerReady(pb.ServerReadyRequest(), timeout=self.probe_timeout_ms() / 1000.0,
-                                           metadata=self._metadata)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if self._probes.pop(probe_id, None) is None:
-                return  # the stream this probe belonged to is already gone
-            now = self.now_ms()
-            self.stats.probes_failed += 1
-            reason = f"probe failed: {_describe(exc)}"
-            if reason != self.stats.last_error:
-                log.info("cloud %s: %s", self.settings.endpoint, reason)
-                self.stats.last_error = reason
-            self.breaker.record_failure(now)
-            if self.breaker.state(now) is not BreakerState.CLOSED:
-                self._break(f"probes failing ({_describe(exc)})")
-            return
-        if self._probes.pop(probe_id, None) is None:
-            return
-        now = self.now_ms()
-        self.rtt.observe(max(0.0, now - sent), now)
-        if reply.ready:
-            self.stats.probes_ok += 1
-            self.breaker.record_success(now)
-        else:
-            self.stats.probes_failed += 1
-            self.breaker.record_failure(now)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    if isinstance(exc, FoglineError):
-        return str(exc)
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}"
