@@ -18,6 +18,7 @@ nothing outside this module creates metrics. Series (all prefixed ``fogline_agen
 | ``cloud_link_state`` | gauge | state | the cloud link: connecting, ready, degraded, down |
 | ``queue_depth`` | gauge | model | edge jobs waiting or running |
 | ``inflight_requests`` | gauge | - | client requests being handled |
+| ``cpu_load_ratio`` | gauge | - | host CPU use (0..1, smoothed) the router compares with ``load.cpu_high_percent`` |
 | ``config_revision`` | gauge | - | revision of the fleet config in use (bumps on every good reload) |
 | ``config`` | info | revision, sha256, path | which config file is in use |
 | ``config_reloads_total`` | counter | result | SIGHUP reloads: ``ok`` or ``error`` |
@@ -78,6 +79,8 @@ class AgentMetrics:
         self.queue_depth = Gauge("queue_depth", "Edge jobs waiting or running, per model.", ["model"],
                                  namespace=ns, registry=r)
         self.inflight = Gauge("inflight_requests", "Client requests being handled.", namespace=ns, registry=r)
+        self.cpu_load = Gauge("cpu_load_ratio", "Host CPU use (0..1, smoothed) as the router sees it.",
+                              namespace=ns, registry=r)
         self.config_revision = Gauge("config_revision", "Revision of the fleet config in use.",
                                      namespace=ns, registry=r)
         self.config_info = Info("config", "The fleet config in use.", namespace=ns, registry=r)
@@ -141,6 +144,11 @@ class AgentMetrics:
 
     def set_queue_depth(self, model: str, depth: int) -> None:
         self.queue_depth.labels(model).set(depth)
+
+    def set_cpu_load(self, load: float | None) -> None:
+        """The CPU monitor's reading (0..1); None (not measured yet) leaves the gauge as it was."""
+        if load is not None:
+            self.cpu_load.set(load)
 
     def set_config(self, revision: int, *, sha256: str = "", path: str = "") -> None:
         """The config in use changed (start or a good reload)."""

@@ -113,6 +113,7 @@ class AgentServer:
             self.metrics.set_link_state("down")
         for name, runner in self.dataplane.edge.runners.items():
             self.metrics.set_queue_depth(name, runner.queue_depth)
+        self.metrics.set_cpu_load(self.dataplane.cpu.load)
 
     def apply_config(self, device_config: Any) -> list[str]:
         """Apply a reloaded device config (SIGHUP): the routing and load settings take effect for the
@@ -130,9 +131,10 @@ class AgentServer:
             for name in ("listen", "models", "models_dir", "batching", "cloud", "metrics", "logging"):
                 if getattr(old, name, None) != getattr(device_config, name, None):
                     restart_only.append(name)
-            old_probe = getattr(getattr(old, "routing", None), "probe_interval_ms", None)
-            if old_probe != getattr(getattr(device_config, "routing", None), "probe_interval_ms", None):
-                restart_only.append("routing.probe_interval_ms")
+            for key in ("probe_interval_ms", "hedge_percentile"):  # the cloud link's, set when it starts
+                before = getattr(getattr(old, "routing", None), key, None)
+                if before != getattr(getattr(device_config, "routing", None), key, None):
+                    restart_only.append(f"routing.{key}")
         self._device_config = device_config
         return restart_only
 

@@ -112,6 +112,7 @@ def test_hedge_wins_on_a_slow_cloud_and_the_metrics_show_it(model_repo, cloud):
     assert state[("fogline_agent_cloud_link_state", (("state", "ready"),))] == 1
     assert state[("fogline_agent_cloud_link_state", (("state", "down"),))] == 0
     assert m["fogline_agent_config_revision"][("fogline_agent_config_revision", ())] == 1
+    assert m["fogline_agent_cpu_load_ratio"][("fogline_agent_cpu_load_ratio", ())] == pytest.approx(0.05)
     cloud_hist = m["fogline_agent_cloud_latency_seconds"]
     assert cloud_hist[("fogline_agent_cloud_latency_seconds_count", (("model", "digits"),))] == 1
     assert cloud_hist[("fogline_agent_cloud_latency_seconds_sum", (("model", "digits"),))] > 0.06
