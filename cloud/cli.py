@@ -55,7 +55,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--max-batch-size", type=int, help="most rows per model call (1 = no batching; default 32)"
     )
     serve.add_argument(
-        "--max-queue-delay-us", type=int, help="hold a follow-up batch this long for company (default 2000)"
+        "--max-queue-delay-us",
+        type=int,
+        help="after a batch of several requests, wait this long for their callers to return (default 2000)",
     )
     serve.add_argument(
         "--max-queue-size", type=int, help="most queued requests per model before RESOURCE_EXHAUSTED"
