@@ -8,8 +8,8 @@ a bad one raises ``ConfigError`` that names the key and says what would be valid
 Batching knobs follow Triton's dynamic batcher:
 
 - ``max_batch_size``: most rows one model call may take (1 turns dynamic batching off);
-- ``max_queue_delay_us``: how long the oldest waiting request may be held for company once the model
-  is free again (a request that finds the model idle always runs at once);
+- ``max_queue_delay_us``: after a batch of several requests, how long the next batch may wait for
+  those callers to come back (a lone caller, or one that finds the model idle, never waits);
 - ``max_queue_size``: most requests waiting per model; one more is refused with RESOURCE_EXHAUSTED.
 """
 
