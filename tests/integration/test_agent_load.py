@@ -106,3 +106,28 @@ def test_a_busy_cpu_offloads_and_work_returns_when_it_calms_down(model_repo, clo
     assert all(r.parameters["served_by"] == "edge" for r in after)
     # The cloud's full model and the edge's INT8 model agree on the digit.
     assert len({int(np.argmax(r.outputs["probabilities"])) for r in before + hot}) == 1
+
+
+def test_apply_config_swaps_routing_and_load_and_names_restart_only_changes(model_repo):
+    from agent.server import create_server
+
+    async def scenario():
+        server, _ = create_server(device_config(policy="edge_only"), cloud="", models_dir=model_repo,
+                                  warmup=False)
+        try:
+            assert server.dataplane.config_generation == 1
+            newer = device_config(("digits",), policy="cloud_only", slo_ms=250,
+                                  extra_yaml="  load: {max_queue_depth: 5, cpu_high_percent: 70}")
+            restart_only = server.apply_config(newer)
+            policy = server.dataplane.policy
+            registry = server.metrics.registry
+            return restart_only, policy, server.dataplane.config_generation, registry.get_sample_value(
+                "fogline_agent_config_revision")
+        finally:
+            await server.dataplane.edge.stop()
+
+    restart_only, policy, generation, revision_metric = asyncio.run(scenario())
+    assert restart_only == ["models"]  # the model list only changes with a restart
+    assert policy.policy.value == "cloud_only" and policy.slo_ms == 250
+    assert policy.max_queue_depth == 5 and policy.cpu_high == pytest.approx(0.7)
+    assert generation == 2 and revision_metric == 2
