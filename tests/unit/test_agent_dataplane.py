@@ -164,3 +164,43 @@ def test_cloud_answer_missing_an_output_is_replaced_by_the_edge():
     response, _ = ask(plane, runner)
     assert response.parameters["served_by"] == "edge" and response.parameters["route_reason"] == "cloud_error"
     assert list(response.outputs) == ["y"]
+
+
+@pytest.mark.parametrize(("cloud_s", "edge_s", "winner", "outcome"),
+                         [(0.2, 0.005, "edge", "won"), (0.02, 0.08, "cloud", "lost")])
+def test_hedge_outcomes_are_counted(cloud_s, edge_s, winner, outcome):
+    from agent.metrics import AgentMetrics
+
+    cloud = ScriptedCloud(delay_s=cloud_s)
+    plane, runner = plane_with(cloud, edge_delay_s=edge_s, slo_ms=1000, policy="hedged")
+    plane.policy = RoutingPolicy(policy="hedged", slo_ms=1000, hedge_delay_ms=5)
+    plane.metrics = AgentMetrics()
+    response, _ = ask(plane, runner)
+    assert response.parameters["served_by"] == winner
+    value = plane.metrics.registry.get_sample_value("fogline_agent_hedges_total",
+                                                    {"model": "half", "outcome": outcome})
+    assert value == 1 and cloud.sent == 1  # the hedge fired: the edge started while the cloud worked
+    if winner == "edge":
+        assert runner.calls == 1
+
+
+def test_cpu_load_reaches_the_router():
+    cloud = ScriptedCloud(rtt_ms=40.0)
+    plane, runner = plane_with(cloud)
+    plane.policy = RoutingPolicy(slo_ms=100, rtt_threshold_ms=30, rtt_recover_ms=20, cpu_high=0.9)
+    plane.memory = type(plane.memory)(cloud_preferred=False)
+
+    async def go():
+        await runner.start(warmup=False)
+        try:
+            answers = []
+            for percent in (95.0, 10.0):
+                plane.cpu.set_source(lambda p=percent: p)
+                answers.append(await plane.infer(codec.InferRequest("half", {"x": np.ones((1, 2), np.float32)})))
+            return answers
+        finally:
+            await runner.stop()
+
+    hot, calm = asyncio.run(go())
+    assert (hot.parameters["served_by"], hot.parameters["route_reason"]) == ("cloud", "cpu_high")
+    assert (calm.parameters["served_by"], calm.parameters["route_reason"]) == ("edge", "rtt_high")
