@@ -184,6 +184,7 @@ class DataPlane:
         done, _ = await asyncio.wait({future, edge_task}, return_when=asyncio.FIRST_COMPLETED)
         hedged = decision.reason.endswith("+hedge")
         if future in done and future.exception() is None and _complete(future.result(), request, runner):
+            edge_task.cancel()  # a queued edge job is dropped unrun; a running one finishes unheard
             edge_task.add_done_callback(_consume)
             if hedged and self.metrics is not None:
                 self.metrics.observe_hedge(request.model_name, won=False)

@@ -44,6 +44,8 @@ class _Job:
     inputs: dict[str, np.ndarray]
     rows: int
     future: asyncio.Future[dict[str, np.ndarray]]
+    #: A worker took it: from then on it runs to the end, whoever still waits for it.
+    started: bool = False
 
 
 def warmup_inputs(specs: Iterable[Any]) -> dict[str, np.ndarray]:
@@ -144,8 +146,15 @@ class EdgeRunner:
             return self._predict_inline(inputs, rows)
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         began = time.perf_counter()
-        await self._queue.put(_Job(inputs, rows, future))
-        result = await asyncio.shield(future)
+        job = _Job(inputs, rows, future)
+        await self._queue.put(job)
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The caller gave up (a hedge the cloud won): a job no worker took yet is dropped unrun.
+            if not job.started:
+                future.cancel()
+            raise
         if idle:
             # Submit-to-answer with nobody ahead: the run plus every hand-off (event loop, thread pool),
             # which is what a busy CPU stretches. Its high percentile budgets the edge backup.
@@ -166,6 +175,9 @@ class EdgeRunner:
         loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
+            if first.future.done():
+                continue  # cancelled while it waited: nobody wants the answer
+            first.started = True
             batch = [first]
             self._in_flight += 1
             try:
@@ -176,8 +188,12 @@ class EdgeRunner:
                 rows = first.rows
                 while not self._queue.empty() and len(batch) < self.max_batch:
                     nxt = self._queue._queue[0]  # type: ignore[attr-defined]  # peek without taking
+                    if nxt.future.done():
+                        self._queue.get_nowait()  # cancelled while it waited
+                        continue
                     if rows + nxt.rows > self.max_batch or not _compatible(first, nxt):
                         break
+                    nxt.started = True
                     batch.append(self._queue.get_nowait())
                     self._in_flight += 1
                     rows += nxt.rows

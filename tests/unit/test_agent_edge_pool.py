@@ -219,3 +219,28 @@ def test_cheap_model_runs_inline_when_idle_and_lone_requests_do_not_wait_for_com
     assert fast_inline and not slow_inline
     assert lone_ms < 40  # no 50 ms wait for company that cannot come
     assert calls == 1 and out["y"].tolist() == [[2.0, 2.0]]
+
+
+def test_a_cancelled_job_that_no_worker_took_never_runs():
+    async def scenario():
+        model = Doubler(delay_s=0.05)
+        with ThreadPoolExecutor(1) as pool:
+            runner = EdgeRunner(model, pool, workers=1, max_batch=1)
+            await runner.start(warmup=False)
+            running = asyncio.create_task(runner.predict({"x": np.full((1, 2), 1.0, np.float32)}))
+            await asyncio.sleep(0.01)  # the first call runs; the next two wait
+            dropped = asyncio.create_task(runner.predict({"x": np.full((3, 2), 1.0, np.float32)}))
+            kept = asyncio.create_task(runner.predict({"x": np.full((2, 2), 1.0, np.float32)}))
+            await asyncio.sleep(0.005)
+            dropped.cancel()  # as a hedge the cloud won cancels its edge job
+            out = await asyncio.gather(running, kept)
+            running_again = asyncio.create_task(runner.predict({"x": np.full((1, 2), 1.0, np.float32)}))
+            await asyncio.sleep(0.01)
+            running_again.cancel()  # already taken by a worker: it runs to the end, unheard
+            await asyncio.sleep(0.08)
+            await runner.stop()
+            return model.batches, out, dropped.cancelled(), runner.queue_depth
+
+    batches, out, cancelled, depth = run(scenario())
+    assert cancelled and batches == [1, 2, 1]  # the 3-row job never reached the model
+    assert out[1]["y"].shape == (2, 2) and depth == 0
