@@ -175,8 +175,8 @@ class DataPlane:
         self.draining = True
 
     async def close(self) -> None:
-        for served in self.models.values():
-            await served.batcher.close()
+        """Close every batcher at once (they may share one compute thread)."""
+        await asyncio.gather(*(served.batcher.close() for served in self.models.values()))
 
     # ------------------------------------------------------------------ health and metadata
 
