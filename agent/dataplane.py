@@ -228,8 +228,7 @@ class DataPlane:
             outputs=_select(outputs, request.outputs),
             model_version=runner.version,
             id=request.id,
-            parameters={"served_by": "edge", "route_reason": reason, "fallback": fallback,
-                        "model_version": runner.version},
+            parameters=self._parameters("edge", reason, fallback, runner.version),
         )
 
     def _cloud_response(self, request: codec.InferRequest, cloud: CloudAnswer, reason: str,
@@ -243,9 +242,15 @@ class DataPlane:
             outputs=_select(answer.outputs, request.outputs),
             model_version=version,
             id=request.id,
-            parameters={"served_by": "cloud", "route_reason": reason, "fallback": fallback,
-                        "model_version": version},
+            parameters=self._parameters("cloud", reason, fallback, version),
         )
+
+    def _parameters(self, served_by: str, reason: str, fallback: bool, version: str) -> dict:
+        """Response parameters: DESIGN.md's four, plus the fleet file revision that routed the request."""
+        params = {"served_by": served_by, "route_reason": reason, "fallback": fallback, "model_version": version}
+        if self.config_revision:
+            params["config_revision"] = self.config_revision
+        return params
 
     @staticmethod
     def _check_inputs(runner: EdgeRunner, request: codec.InferRequest) -> None:

@@ -128,7 +128,8 @@ def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, mod
             assert not reply.error_message and reply.infer_response.id == str(i)
             return codec.params_from_proto(reply.infer_response.parameters)
 
-        assert ask(0)["route_reason"] == "policy_edge_only"
+        first = ask(0)
+        assert first["route_reason"] == "policy_edge_only" and first["config_revision"] == first_revision
         m = scrape(metrics_port)
         assert m[("fogline_agent_config_revision", ())] == 1
         assert m[("fogline_agent_config_info", (("path", str(fleet)), ("revision", "1"),
@@ -143,6 +144,7 @@ def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, mod
         assert "READY=1" in notify.recv(4096).decode()
         params = [ask(i) for i in range(1, 4)]
         assert all(p["route_reason"] == "policy_cloud_only" and p["served_by"] == "cloud" for p in params), params
+        assert all(p["config_revision"] == second_revision for p in params), params
         m = scrape(metrics_port)
         assert m[("fogline_agent_config_revision", ())] == 2
         assert m[("fogline_agent_config_reloads_total", (("result", "ok"),))] == 1
@@ -155,6 +157,7 @@ def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, mod
         assert refusal["level"] == "error" and "fastest" in refusal["msg"] and "routing.policy" in refusal["msg"]
         params = [ask(i) for i in range(4, 7)]
         assert all(p["route_reason"] == "policy_cloud_only" for p in params), params
+        assert all(p["config_revision"] == second_revision for p in params), params
         m = scrape(metrics_port)
         assert m[("fogline_agent_config_revision", ())] == 2
         assert m[("fogline_agent_config_reloads_total", (("result", "error"),))] == 1
