@@ -393,9 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     if "minilm" not in ModelRepository(models).names():
         ensure_models(models, names=["minilm"], progress=True)
     out = args.out or RESULTS / ("cloud-gpu.md" if args.device == "cuda" else "cloud.md")
-    runs = measure(
-        models, args.device, args.rounds, args.seconds, args.warmup, sentences(), args.max_batch_size
-    )
+    max_batch = args.max_batch_size or (32 if args.device == "cuda" else 8)
+    runs = measure(models, args.device, args.rounds, args.seconds, args.warmup, sentences(), max_batch)
     write_report(out, args.device, args.rounds, args.seconds, runs, note=args.note)
     return 0
 
