@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -90,7 +91,8 @@ class CloudLink(LinkProbes):
         self._metadata = settings.call_metadata()
         self._clock = clock
         self._rng = rng or random.Random()
-        self.rtt = RttEstimator(alpha=settings.rtt_alpha, percentile=settings.rtt_percentile)
+        self.rtt = RttEstimator(alpha=settings.rtt_alpha, percentile=settings.rtt_percentile,
+                                recent=settings.rtt_recent)
         self.breaker = CircuitBreaker(failure_threshold=settings.failure_threshold,
                                       open_ms=settings.breaker_open_ms)
         self.stats = LinkStats()
@@ -221,13 +223,23 @@ class CloudLink(LinkProbes):
         outstanding = 0.0
         # Entries are kept in send order. With two or more waiting, the second oldest counts: one
         # straggler (a jitter spike) is not a slow network, two at once are. O(1) per decision.
+        # Calls sent before the freshest answered one are stragglers of an older network state (after
+        # a recovery, probes sent into the slow link are still out): they prove nothing and are skipped
+        # (a bounded look at the front, so a decision stays O(1)).
+        fresh = self.rtt.fresh_sent_at
+        fresh = -math.inf if fresh is None else fresh
         waiting = iter(self._pending.values())
         oldest = next(waiting, None)
+        for _ in range(8):
+            if oldest is None or oldest.sent_at >= fresh:
+                break
+            oldest = next(waiting, None)
         witness = next(waiting, oldest)
         if witness is not None:
             outstanding = now - witness.sent_at - self.models.compute_ms(witness.model, now)
         for sent in self._probes.values():
-            outstanding = max(outstanding, now - sent)
+            if sent >= fresh:
+                outstanding = max(outstanding, now - sent)
         breaker = self.breaker.state(now)
         if not self._connected.is_set():
             usable, state = False, self._state
@@ -404,7 +416,7 @@ class CloudLink(LinkProbes):
         compute = response.parameters.get("compute_ms")
         compute_ms = float(compute) if isinstance(compute, (int, float)) and not isinstance(compute, bool) \
             else None
-        self.rtt.observe(inband_sample_ms(entry.sent_at, now, compute_ms), now)
+        self.rtt.observe(inband_sample_ms(entry.sent_at, now, compute_ms), now, entry.sent_at)
         self.models.answered(entry.model, compute_ms, now)
         self.breaker.record_success(now)
         self.stats.answered += 1

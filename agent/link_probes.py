@@ -6,7 +6,7 @@ module of its own. Every tick (a fraction of ``probe_interval_ms``) it
 - breaks the stream when the oldest pending request has waited longer than ``request_timeout_ms``
   (a stalled stream: every pending request then fails over to the edge at once);
 - sends a light ``ServerReady`` probe on the same connection when nothing measured the RTT for
-  ``probe_interval_ms`` (so a device whose work all went to the edge still sees the network recover);
+  ``probe_interval_ms`` (``idle_probe_interval_ms`` while no request is out to the cloud) (so a device whose work all went to the edge still sees the network recover);
   a probe's round trip is an RTT sample, a failed probe counts against the circuit breaker, and an
   open breaker breaks the stream.
 
@@ -58,7 +58,8 @@ class LinkProbes:
         raise NotImplementedError
 
     async def _monitor_loop(self) -> None:
-        tick = max(0.01, min(self.settings.probe_interval_ms, 100.0) / 2000.0)
+        fast = min(self.settings.probe_interval_ms, self.settings.idle_probe_interval_ms)
+        tick = max(0.01, min(fast, 100.0) / 2000.0)
         while not self._closing:
             await asyncio.sleep(tick)
             if not self._connected.is_set():
@@ -68,8 +69,16 @@ class LinkProbes:
             if oldest is not None and now - oldest.sent_at > self.settings.request_timeout_ms:
                 self._break(f"no answer for {self.settings.request_timeout_ms:.0f} ms (stream stalled)")
                 continue
-            last = max(self._last_probe_sent, self.rtt.last_sample_at or -1e18)
-            if now - last >= self.settings.probe_interval_ms and \
+            # With requests out, their answers measure the link and probes only fill gaps; without,
+            # probes are paced by their own send times (answers of older probes still trickling in
+            # from a slow link must not hold back the fresh ones that show a recovery).
+            last = self._last_probe_sent
+            if self._pending:
+                last = max(last, self.rtt.last_sample_at or -1e18)
+            # No request out to the cloud: the router keeps work local, and only probes can show the
+            # network recovering, so they come faster (bounded by max_probes_in_flight per RTT).
+            interval = self.settings.probe_interval_ms if self._pending else fast
+            if now - last >= interval and \
                     len(self._probes) < self.settings.max_probes_in_flight:
                 self._last_probe_sent = now
                 task = asyncio.create_task(self._probe())
@@ -111,7 +120,7 @@ class LinkProbes:
         if self._probes.pop(probe_id, None) is None:
             return
         now = self.now_ms()
-        self.rtt.observe(max(0.0, now - sent), now)
+        self.rtt.observe(max(0.0, now - sent), now, sent)
         if reply.ready:
             self.stats.probes_ok += 1
             self.breaker.record_success(now)

@@ -33,14 +33,19 @@ class LinkSettings:
     keepalive_ms: float = 10000.0
     keepalive_timeout_ms: float = 2000.0
     probe_interval_ms: float = 200.0
+    #: The probe interval while no request is out to the cloud (the router keeps work local): a
+    #: recovered network shows within a few of these. Cost: at most ``max_probes_in_flight`` per RTT.
+    idle_probe_interval_ms: float = 50.0
     probe_timeout_ms: float = 1000.0
-    max_probes_in_flight: int = 4
+    max_probes_in_flight: int = 12
     backoff_initial_ms: float = 100.0
-    backoff_max_ms: float = 2000.0
+    backoff_max_ms: float = 1000.0
     backoff_jitter: float = 0.2
     failure_threshold: int = 3
     breaker_open_ms: float = 500.0
     rtt_alpha: float = 0.3
+    #: The router believes a recovery once this many fresh samples in a row all sit low.
+    rtt_recent: int = 2
     #: The RTT tail the estimator reports (``routing.hedge_percentile``; hedging waits that long).
     rtt_percentile: float = 95.0
     #: TLS towards the cloud: server verified against ``ca_file`` (system roots when None), with a client

@@ -79,14 +79,21 @@ class RttEstimator:
         self.window_ms = window_ms
         self.percentile = percentile
         self._window: deque[tuple[float, float]] = deque(maxlen=max_samples)
-        self._recent: deque[float] = deque(maxlen=max(1, recent))
+        #: ``(sent_at, sample)`` of the freshest samples, in send order (see ``observe``).
+        self._recent: deque[tuple[float, float]] = deque(maxlen=max(1, recent))
+        self._fresh_sent: float | None = None
         self._smoothed: float | None = None
         self._last: float | None = None
         self._last_at: float | None = None
         self._count = 0
 
-    def observe(self, sample_ms: float, now_ms: float) -> None:
-        """Add one round-trip sample taken at ``now_ms``. Negative or non-finite samples are refused."""
+    def observe(self, sample_ms: float, now_ms: float, sent_at_ms: float | None = None) -> None:
+        """Add one round-trip sample taken at ``now_ms``. Negative or non-finite samples are refused.
+
+        ``sent_at_ms`` is when the measured call left (default: ``now_ms - sample_ms``). A sample whose
+        call left before the freshest one already measured is stale: it describes the network as it
+        was earlier (a probe sent into a slow link coming back after the link recovered), so it feeds
+        the average and the percentile window but not the recent samples that show a recovery."""
         if not math.isfinite(sample_ms) or sample_ms < 0:
             raise ValueError(f"an RTT sample must be a finite, non-negative number of ms, got {sample_ms}")
         if self._smoothed is None:
@@ -94,7 +101,10 @@ class RttEstimator:
         else:
             self._smoothed += self.alpha * (sample_ms - self._smoothed)
         self._last = sample_ms
-        self._recent.append(sample_ms)
+        sent = now_ms - sample_ms if sent_at_ms is None else sent_at_ms
+        if self._fresh_sent is None or sent >= self._fresh_sent:
+            self._fresh_sent = sent
+            self._recent.append((sent, sample_ms))
         self._last_at = now_ms
         self._count += 1
         self._window.append((now_ms, sample_ms))
@@ -107,11 +117,18 @@ class RttEstimator:
         """
         self._smoothed = None
         self._recent.clear()
+        self._fresh_sent = None
 
     @property
     def smoothed_ms(self) -> float | None:
         """The moving average, or None before the first sample."""
         return self._smoothed
+
+    @property
+    def fresh_sent_at(self) -> float | None:
+        """When the freshest measured call left (the latest send time among samples), or None. A call
+        still waiting that left before it proves nothing about the network now."""
+        return self._fresh_sent
 
     @property
     def last_sample_at(self) -> float | None:
@@ -134,7 +151,7 @@ class RttEstimator:
             smoothed_ms=self._smoothed,
             high_ms=self.high_ms(now_ms),
             last_ms=self._last,
-            recent_max_ms=max(self._recent) if self._recent else None,
+            recent_max_ms=max(sample for _, sample in self._recent) if self._recent else None,
             samples=self._count,
             age_ms=None if self._last_at is None else max(0.0, now_ms - self._last_at),
         )

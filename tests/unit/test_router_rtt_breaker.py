@@ -153,3 +153,29 @@ def test_recent_max_covers_the_last_few_samples():
     assert est.snapshot(7).recent_max_ms == 11
     est.restart()
     assert est.snapshot(8).recent_max_ms is None
+
+
+def test_stale_samples_do_not_hide_a_recovery():
+    """A probe sent into the slow link that answers after the recovery is older than the fresh ones:
+    it feeds the average but not the recent samples the router reads a recovery from."""
+    est = RttEstimator(alpha=0.3, recent=2)
+    est.observe(500.0, now_ms=1000.0, sent_at_ms=500.0)
+    est.observe(12.0, now_ms=1100.0, sent_at_ms=1088.0)
+    est.observe(480.0, now_ms=1110.0, sent_at_ms=630.0)  # stale: sent before the fresh one
+    est.observe(11.0, now_ms=1150.0, sent_at_ms=1139.0)
+    snap = est.snapshot(1150.0)
+    assert snap.recent_max_ms == 12.0
+    assert snap.smoothed_ms > 100.0  # the average still remembers the slow link
+    assert est.fresh_sent_at == 1139.0
+    est.restart()
+    assert est.fresh_sent_at is None and est.snapshot(1150.0).recent_max_ms is None
+
+
+def test_one_low_sample_is_not_a_recovery_with_two_recent():
+    est = RttEstimator(alpha=0.3, recent=2)
+    for t in range(5):
+        est.observe(500.0, now_ms=100.0 * t + 500.0, sent_at_ms=100.0 * t)
+    est.observe(10.0, now_ms=1000.0, sent_at_ms=990.0)
+    assert est.snapshot(1000.0).recent_max_ms == 500.0
+    est.observe(10.0, now_ms=1050.0, sent_at_ms=1040.0)
+    assert est.snapshot(1050.0).recent_max_ms == 10.0
