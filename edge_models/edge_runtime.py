@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from fogline.errors import ConfigError
 
-from .repository import read_manifest, specs_of
-from .spec import TensorSpec, decode_texts, validate_inputs
+from .repository import LoadedModel, read_manifest
+from .spec import decode_texts, validate_inputs
 from .text import TextEncoder
 
 #: onnxruntime graph rewrites left off. Measured on the INT8 minilm (batch 8, one thread,
@@ -53,7 +53,7 @@ def session_options(intra_op_threads: int = 1) -> Any:
     return options
 
 
-class EdgeModel:
+class EdgeModel(LoadedModel):
     """One model version served by onnxruntime (the INT8 edge file unless told otherwise)."""
 
     def __init__(
@@ -64,13 +64,7 @@ class EdgeModel:
         encoder: TextEncoder | None,
         artifact: str,
     ) -> None:
-        self.version_dir = Path(version_dir)
-        self.manifest = manifest
-        self.name: str = manifest["name"]
-        self.version: str = str(manifest["version"])
-        self.task: str = manifest.get("task", "classification")
-        self.inputs: list[TensorSpec] = specs_of(manifest, "inputs")
-        self.outputs: list[TensorSpec] = specs_of(manifest, "outputs")
+        super().__init__(version_dir, manifest)
         self.artifact = artifact
         self._session = session
         self._encoder = encoder
@@ -113,12 +107,6 @@ class EdgeModel:
         results = self._session.run([spec.name for spec in self.outputs], feed)
         pairs = zip(self.outputs, results, strict=True)
         return {spec.name: np.asarray(out, dtype=np.float32) for spec, out in pairs}
-
-    def confidence(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
-        """Per-row top probability for a classifier; None for an embedding model."""
-        if self.task != "classification":
-            return None
-        return np.asarray(outputs[self.outputs[0].name]).max(axis=1)
 
     def __repr__(self) -> str:
         return f"EdgeModel({self.name!r}, version={self.version!r}, artifact={self.artifact!r})"

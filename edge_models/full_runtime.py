@@ -18,25 +18,19 @@ from fogline.errors import ConfigError
 
 from .digits_net import DigitsConfig, load_digits_model
 from .minilm_net import load_minilm
-from .repository import read_manifest, specs_of
-from .spec import TensorSpec, decode_texts, validate_inputs
+from .repository import LoadedModel, read_manifest
+from .spec import decode_texts, validate_inputs
 from .text import TextEncoder
 
 
-class FullModel:
+class FullModel(LoadedModel):
     """One model version as an FP32 torch module, ready for batched inference."""
 
     def __init__(
         self, version_dir: Path, manifest: dict[str, Any], module: torch.nn.Module,
         encoder: TextEncoder | None, device: torch.device,
     ) -> None:  # fmt: skip
-        self.version_dir = Path(version_dir)
-        self.manifest = manifest
-        self.name: str = manifest["name"]
-        self.version: str = str(manifest["version"])
-        self.task: str = manifest.get("task", "classification")
-        self.inputs: list[TensorSpec] = specs_of(manifest, "inputs")
-        self.outputs: list[TensorSpec] = specs_of(manifest, "outputs")
+        super().__init__(version_dir, manifest)
         self.device = device
         self.module = module
         self._encoder = encoder
@@ -83,12 +77,6 @@ class FullModel:
         with torch.inference_mode():
             result = self.module(*self._feed(checked))
         return {self.outputs[0].name: result.detach().to("cpu").numpy().astype(np.float32, copy=False)}
-
-    def confidence(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
-        """Per-row top probability for a classifier; None for an embedding model."""
-        if self.task != "classification":
-            return None
-        return np.asarray(outputs[self.outputs[0].name]).max(axis=1)
 
     def __repr__(self) -> str:
         return f"FullModel({self.name!r}, version={self.version!r}, device={str(self.device)!r})"

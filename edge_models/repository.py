@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fogline.errors import ConfigError, ModelNotFound
 
 from .spec import TensorSpec
@@ -142,3 +143,23 @@ class ModelRepository:
     def manifest(self, name: str, version: str | None = None) -> dict[str, Any]:
         """The manifest of ``name`` at ``version`` (newest when None)."""
         return read_manifest(self.resolve(name, version))
+
+
+class LoadedModel:
+    """What both runtimes (edge ONNX, full torch) read from a version's manifest, and what they share:
+    name, version, task, tensor signature, and the classifier confidence used by cascade routing."""
+
+    def __init__(self, version_dir: Path, manifest: dict[str, Any]) -> None:
+        self.version_dir = Path(version_dir)
+        self.manifest = manifest
+        self.name: str = manifest["name"]
+        self.version: str = str(manifest["version"])
+        self.task: str = manifest.get("task", "classification")
+        self.inputs: list[TensorSpec] = specs_of(manifest, "inputs")
+        self.outputs: list[TensorSpec] = specs_of(manifest, "outputs")
+
+    def confidence(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Per-row top probability for a classifier; None for an embedding model."""
+        if self.task != "classification":
+            return None
+        return np.asarray(outputs[self.outputs[0].name]).max(axis=1)
