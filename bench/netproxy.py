@@ -16,7 +16,18 @@ time ``arrival + delay + jitter`` and queues it; the pipe's writer sleeps until 
 tokens from the direction's bandwidth bucket and writes. Due times never go backwards within a pipe
 (``due = max(due, previous due)``), so jitter delays bytes but never reorders them - TCP guarantees
 order and so does the proxy. Conditions can change at any moment: new chunks see the new values,
-chunks already queued keep their due time.
+chunks already queued keep their due time. In this default mode the jitter is drawn per chunk, so a
+long draw also holds every later chunk of that connection (head-of-line), and no two runs see the
+same draws.
+
+Timeline mode (``NetProxy(..., timeline=True, seed=N)``, ``--timeline`` on the command line) makes
+the delay a deterministic function of time instead, shared by all connections: jitter is drawn once
+per ``jitter_slot_ms`` slot from a generator seeded by (seed, direction, slot index counted from when
+the conditions were applied), and bytes entering at time t leave at ``max over s <= t of
+(s + d(s))``, d(s) being the base delay plus s's slot jitter: the link behaves like a queue, a spike
+stalls it and then drains at real-time speed, and a step from 250 ms down to 5 ms drains over about
+245 ms. ``bench.netproxy_timeline`` holds that function, so the routing benchmark's oracle computes
+exactly the delays the proxy applied (given the times the proxy reports for each change).
 
 Blackhole models a dead link: connections stay open and bytes read during it are thrown away (in
 both directions, also those still queued when it starts). A byte stream with a hole in it cannot
@@ -41,9 +52,12 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from bench.netproxy_timeline import LinkTimeline
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +77,8 @@ class NetConditions:
     ``pareto`` heavy-tailed and never negative (median about 0.6 j, one chunk in a hundred over
     about 20 j, capped at 50 j). The total delay never goes below zero. ``bandwidth_kbps`` caps each
     direction (kilobits per second, None = unlimited). ``blackhole`` forwards nothing.
+    ``jitter_slot_ms`` matters only in the proxy's timeline mode (``bench.netproxy_timeline``): there
+    the jitter is drawn once per time slot of this length instead of once per chunk.
     """
 
     delay_ms: float = 0.0
@@ -70,10 +86,12 @@ class NetConditions:
     jitter_dist: str = "uniform"
     bandwidth_kbps: float | None = None
     blackhole: bool = False
+    jitter_slot_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.delay_ms < 0 or self.jitter_ms < 0:
-            raise ValueError(f"delay_ms and jitter_ms must be >= 0, got {self.delay_ms}, {self.jitter_ms}")
+        if self.delay_ms < 0 or self.jitter_ms < 0 or self.jitter_slot_ms < 0:
+            raise ValueError(f"delay_ms, jitter_ms and jitter_slot_ms must be >= 0, got {self.delay_ms}, "
+                             f"{self.jitter_ms}, {self.jitter_slot_ms}")
         if self.jitter_dist not in JITTER_DISTS:
             raise ValueError(f"jitter_dist must be one of {', '.join(JITTER_DISTS)}, got {self.jitter_dist!r}")
         if self.bandwidth_kbps is not None and self.bandwidth_kbps <= 0:
@@ -91,6 +109,12 @@ class NetConditions:
             else:  # pareto, shape 1.5: heavy tail, mean 2 j
                 extra = min(j * (rng.paretovariate(1.5) - 1.0), 50.0 * j)
         return max(0.0, self.delay_ms + extra) / 1000.0
+
+    @property
+    def max_delay_ms(self) -> float:
+        """The largest one-way delay timeline mode draws (``normal`` is clamped at 6 j there)."""
+        bound = {"uniform": 1.0, "normal": 6.0, "pareto": 50.0}[self.jitter_dist] * self.jitter_ms
+        return self.delay_ms + bound
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -175,7 +199,7 @@ class _Connection:
                     if not data:
                         return
                     continue
-                last_due = max(last_due, loop.time() + cond.sample_delay_s(self.proxy.rng))
+                last_due = max(last_due, self.proxy.due_time(direction, loop.time(), cond))
                 await queue.put((last_due, data))
                 if not data:
                     return
@@ -231,11 +255,15 @@ class NetProxy:
     """
 
     def __init__(self, listen_host: str = "127.0.0.1", listen_port: int = 0, *, target_host: str,
-                 target_port: int, seed: int | None = None) -> None:
+                 target_port: int, seed: int | None = None, timeline: bool = False) -> None:
         self.listen_host, self.listen_port = listen_host, listen_port
         self.target_host, self.target_port = target_host, target_port
         self.conditions = NetConditions()
         self.rng = random.Random(seed)
+        #: Timeline mode: delays are D(t) of ``bench.netproxy_timeline`` (per time, not per chunk).
+        self.timeline: LinkTimeline | None = LinkTimeline(seed or 0) if timeline else None
+        #: When the current conditions were applied (``loop.time()`` = ``time.monotonic()``).
+        self.applied_at = time.monotonic()
         self.stats: dict[str, dict[str, int]] = {
             d: {"bytes": 0, "dropped_bytes": 0} for d in ("up", "down")
         }
@@ -285,18 +313,23 @@ class NetProxy:
         await self.stop()
 
     def set_conditions(self, delay_ms: float = 0, jitter_ms: float = 0, bandwidth_kbps: float | None = None,
-                       blackhole: bool = False, jitter_dist: str = "uniform") -> NetConditions:
+                       blackhole: bool = False, jitter_dist: str = "uniform",
+                       jitter_slot_ms: float = 0) -> NetConditions:
         """Replace the conditions (arguments left out go back to a clean link) and return them."""
         return self.apply(NetConditions(float(delay_ms), float(jitter_ms), jitter_dist,
                                         None if bandwidth_kbps is None else float(bandwidth_kbps),
-                                        bool(blackhole)))
+                                        bool(blackhole), float(jitter_slot_ms)))
 
     def update_conditions(self, **changes: Any) -> NetConditions:
         """Change only the named fields, e.g. ``update_conditions(blackhole=True)`` keeps the delay."""
         return self.apply(dataclasses.replace(self.conditions, **changes))
 
     def apply(self, new: NetConditions) -> NetConditions:
+        now = time.monotonic()  # the clock of asyncio's loop.time(), shared by every process
+        if self.timeline is not None:
+            self.timeline.apply(now, new)  # raises before anything changed if ``new`` does not fit
         old, self.conditions = self.conditions, new
+        self.applied_at = now
         if new.bandwidth_kbps != old.bandwidth_kbps:
             rate = None if new.bandwidth_kbps is None else new.bandwidth_kbps * 1000.0 / 8.0
             self._buckets = {d: None if rate is None else TokenBucket(rate) for d in ("up", "down")}
@@ -312,6 +345,13 @@ class NetProxy:
     def bucket(self, direction: str) -> TokenBucket | None:
         return self._buckets[direction]
 
+    def due_time(self, direction: str, now: float, conditions: NetConditions) -> float:
+        """When bytes read at ``now`` are due on the other side: a per-chunk draw, or D(t) in
+        timeline mode (``now`` is ``loop.time()``, the clock the timeline runs on)."""
+        if self.timeline is not None:
+            return self.timeline.arrival_s(direction, now)
+        return now + conditions.sample_delay_s(self.rng)
+
     def reset_connections(self) -> int:
         """Abort every open connection on both sides with a TCP RST; return how many there were."""
         conns = list(self._conns)
@@ -322,7 +362,8 @@ class NetProxy:
     def describe(self) -> dict[str, Any]:
         """Conditions and counters, JSON-ready (what the control port's ``status`` prints)."""
         return {"listen": self.address, "target": f"{self.target_host}:{self.target_port}",
-                "conditions": self.conditions.as_dict(), "open_connections": self.open_connections,
+                "conditions": self.conditions.as_dict(), "applied_at": self.applied_at,
+                "timeline": self.timeline is not None, "open_connections": self.open_connections,
                 "connections_total": self.connections_total, "stats": self.stats}
 
     async def _accept(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
@@ -365,9 +406,9 @@ class BackgroundNetProxy:
     """
 
     def __init__(self, listen_host: str = "127.0.0.1", listen_port: int = 0, *, target_host: str,
-                 target_port: int, seed: int | None = None) -> None:
+                 target_port: int, seed: int | None = None, timeline: bool = False) -> None:
         self._args = dict(listen_host=listen_host, listen_port=listen_port, target_host=target_host,
-                          target_port=target_port, seed=seed)
+                          target_port=target_port, seed=seed, timeline=timeline)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.proxy: NetProxy | None = None

@@ -16,7 +16,14 @@ Change it while it runs, from any shell (one command per line, one JSON reply pe
 
 ``set`` replaces all conditions (fields not named return to a clean link); ``update`` changes only
 the named ones. Fields: delay_ms, jitter_ms, jitter_dist (uniform|normal|pareto), bandwidth_kbps
-(a number or "none"), blackhole (on|off). Errors come back as ``{"error": "..."}``.
+(a number or "none"), blackhole (on|off), jitter_slot_ms (timeline mode only). Errors come back as
+``{"error": "..."}``. The replies to ``set`` and ``update`` carry ``applied_at``: the proxy's
+``time.monotonic()`` when the change took effect (the clock is system-wide, so another process on
+the same host can place the switch on its own timeline).
+
+``--timeline --seed N`` runs the proxy in timeline mode (``bench.netproxy_timeline``): the delay is a
+deterministic function of time (jitter drawn per ``--jitter-slot-ms`` slot, delay spikes and steps
+drain like a queue), identical for every run that applies the same conditions at the same moments.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any
 
 from bench.netproxy import JITTER_DISTS, NetProxy
 
-_FIELDS = ("delay_ms", "jitter_ms", "jitter_dist", "bandwidth_kbps", "blackhole")
+_FIELDS = ("delay_ms", "jitter_ms", "jitter_dist", "bandwidth_kbps", "blackhole", "jitter_slot_ms")
 
 
 def parse_assignments(words: list[str]) -> dict[str, Any]:
@@ -72,9 +79,11 @@ def handle_command(proxy: NetProxy, line: str) -> dict[str, Any]:
         if cmd == "reset":
             return {"reset": proxy.reset_connections()}
         if cmd == "set":
-            return {"conditions": proxy.set_conditions(**parse_assignments(args)).as_dict()}
+            return {"conditions": proxy.set_conditions(**parse_assignments(args)).as_dict(),
+                    "applied_at": proxy.applied_at}
         if cmd == "update":
-            return {"conditions": proxy.update_conditions(**parse_assignments(args)).as_dict()}
+            return {"conditions": proxy.update_conditions(**parse_assignments(args)).as_dict(),
+                    "applied_at": proxy.applied_at}
         if cmd == "help":
             return {"commands": ["status", "reset", "set FIELD=VALUE...", "update FIELD=VALUE..."],
                     "fields": list(_FIELDS), "jitter_dist": list(JITTER_DISTS)}
@@ -122,9 +131,11 @@ def _split_address(text: str) -> tuple[str, int]:
 async def _run(args: argparse.Namespace) -> int:
     lhost, lport = args.listen
     thost, tport = args.target
-    proxy = NetProxy(lhost, lport, target_host=thost, target_port=tport, seed=args.seed)
+    proxy = NetProxy(lhost, lport, target_host=thost, target_port=tport, seed=args.seed,
+                     timeline=args.timeline)
     proxy.set_conditions(delay_ms=args.delay_ms, jitter_ms=args.jitter_ms, jitter_dist=args.jitter_dist,
-                         bandwidth_kbps=args.bandwidth_kbps, blackhole=args.blackhole)
+                         bandwidth_kbps=args.bandwidth_kbps, blackhole=args.blackhole,
+                         jitter_slot_ms=args.jitter_slot_ms)
     await proxy.start()
     control = None
     line = f"netproxy: listening on {proxy.address} -> {thost}:{tport}"
@@ -170,6 +181,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.netproxy") 
     parser.add_argument("--control", type=_split_address, default=None, metavar="HOST:PORT",
                         help="line-based control port (commands: status, reset, set, update)")
     parser.add_argument("--seed", type=int, default=None, help="seed the jitter for repeatable runs")
+    parser.add_argument("--timeline", action="store_true",
+                        help="delay as a deterministic function of time (jitter per slot, queue-like drain)")
+    parser.add_argument("--jitter-slot-ms", type=float, default=0.0,
+                        help="timeline mode: one jitter draw per slot of this length")
     args = parser.parse_args(argv)
     try:
         return asyncio.run(_run(args))

@@ -12,10 +12,12 @@ What one run does:
 3. calibrates: one agent behind a clean proxy gets the benchmark's load pinned to ``route=cloud``,
    then to ``route=edge``; the median latencies per model are the oracle's service times
    (``routing_oracle``);
-4. for every scenario and policy: a fresh proxy (``python -m bench.netproxy``) in front of the cloud,
-   a fresh agent (``fogline agent run``) whose fleet file sets the policy, a short warm-up under the
-   first phase's conditions, then the scenario's seeded Poisson schedule (the same one for every
-   policy) while the scenario's timeline is played on the proxy's control port;
+4. for every scenario and policy: a fresh proxy (``python -m bench.netproxy --timeline``, seeded per
+   scenario: the link's delay is the same deterministic function of time in every policy's run) in
+   front of the cloud, a fresh agent (``fogline agent run``) whose fleet file sets the policy, a short
+   warm-up under the first phase's conditions, then the scenario's seeded Poisson schedule (the same
+   one for every policy) while the scenario's timeline is played on the proxy's control port (the
+   proxy reports when it applied each change; the oracle rebuilds the link's D(t) from those times);
 5. scores every run (``routing_metrics``), computes the oracle per request, and writes the report
    and plots (``routing_report``).
 
@@ -38,8 +40,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench import routing_procs as procs
+from bench.netproxy_timeline import LinkTimeline
 from bench.routing_driver import Outcome, replay
-from bench.routing_oracle import OracleChoice, ServiceTimes, median, oracle_choices
+from bench.routing_oracle import OracleChoice, ServiceTimes, link_timeline, median, oracle_choices
 from bench.routing_scenarios import SCENARIO_DIR, Phase, Scenario, ScenarioError, load_scenarios
 from bench.routing_workload import Arrival, Workload, load_workload, poisson_schedule, scenario_seed
 
@@ -76,6 +79,14 @@ class PolicyRun:
     wall_s: float
     #: The host's 1-minute load average after the run (other work on the machine shows up in tails).
     load_1m: float = 0.0
+    #: Every change the proxy applied, at the times it reported (s from the schedule's start; the
+    #: warm-up's phase starts before 0, the first phase is re-applied at the start so its jitter slots
+    #: count from there in every run), and the proxy's seed: together the link's exact D(t).
+    link: list[Phase] = field(default_factory=list)
+    link_seed: int = 0
+
+    def link_timeline(self) -> LinkTimeline:
+        return link_timeline(self.link or self.timeline, self.link_seed)
 
 
 @dataclass
@@ -131,7 +142,7 @@ class _Session:
         agent = None
         try:
             first = scenario.phases[0].conditions
-            await control.command(procs.conditions_command(first))
+            warm_reply = await control.command(procs.conditions_command(first))
             fleet = procs.write_fleet(self.tmp, policy, cloud_port=proxy_port, slo_ms=slo_ms)
             agent, agent_port = procs.start_agent(fleet, cloud_port=proxy_port, models_dir=cfg.models_dir)
             address = f"127.0.0.1:{agent_port}"
@@ -140,13 +151,21 @@ class _Session:
                                     seed=seed + 1)
             await replay(address, self.workload, warm, streams=cfg.streams, route=route, drain_s=cfg.drain_s)
             applied: list[Phase] = [Phase(0.0, first)]
+            link: list[Phase] = []
             player: list[asyncio.Task] = []
 
             async def play(t0: float) -> None:
+                # The proxy reports time.monotonic(); the schedule counts from perf_counter().
+                origin = t0 + (time.monotonic() - time.perf_counter())
+                link.append(Phase(warm_reply["applied_at"] - origin, first))
+                reply = await control.command(procs.conditions_command(first))
+                link.append(Phase(reply["applied_at"] - origin, first))
                 for phase in scenario.phases[1:]:
                     await asyncio.sleep(max(0.0, t0 + phase.at_s - time.perf_counter()))
-                    await control.command(procs.conditions_command(phase.conditions))
-                    applied.append(Phase(time.perf_counter() - t0, phase.conditions))
+                    reply = await control.command(procs.conditions_command(phase.conditions))
+                    at = reply["applied_at"] - origin
+                    applied.append(Phase(at, phase.conditions))
+                    link.append(Phase(at, phase.conditions))
 
             def on_start(t0: float) -> None:
                 player.append(asyncio.create_task(play(t0)))
@@ -159,7 +178,8 @@ class _Session:
                     task.cancel()
                 elif task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            return PolicyRun(policy, outcomes, applied, time.perf_counter() - started, os.getloadavg()[0])
+            return PolicyRun(policy, outcomes, applied, time.perf_counter() - started, os.getloadavg()[0],
+                             link, seed)
         finally:
             await control.close()
             if agent is not None:
@@ -228,9 +248,15 @@ async def _run(config: BenchConfig, workload: Workload, cloud_port: int, tmp: Pa
             _log(f"  answered {ok}/{len(arrivals)}, cloud {cloud}, load {run.load_1m:.1f}, "
                  f"errors {sum(o.status == 'error' for o in run.outcomes)}, "
                  f"lost {sum(o.status == 'lost' for o in run.outcomes)}")
+        # The oracle sees the first policy's link (every run's D(t) is the same function of time
+        # up to the few ms its switch times differ by) and that run's measured send times.
         reference = next(iter(result.runs.values()), None)
-        timeline = reference.timeline if reference is not None else list(scenario.phases)
-        result.oracle = oracle_choices(arrivals, timeline, service, slo)
+        if reference is not None:
+            result.oracle = oracle_choices(arrivals, reference.link_timeline(), service, slo,
+                                           sent_s=[o.t_s for o in reference.outcomes])
+        else:
+            result.oracle = oracle_choices(arrivals, list(scenario.phases), service, slo,
+                                           seed=scenario_seed(config.seed, scenario.name))
         results.append(result)
     return service, results
 

@@ -122,10 +122,16 @@ def start_cloud(models_dir: Path, *, torch_threads: int = 1, timeout_s: float = 
     return proc, int(match.group(2))
 
 
-def start_proxy(target_port: int, *, seed: int, timeout_s: float = 30.0) -> tuple[Proc, int, int]:
-    """The network proxy in front of the cloud; returns the process, its port and its control port."""
+def start_proxy(target_port: int, *, seed: int, timeline: bool = True,
+                timeout_s: float = 30.0) -> tuple[Proc, int, int]:
+    """The network proxy in front of the cloud; returns the process, its port and its control port.
+
+    ``timeline`` (the benchmark's choice): delays are the deterministic D(t) of
+    ``bench.netproxy_timeline``, so the oracle can recompute them exactly."""
     argv = [sys.executable, "-m", "bench.netproxy", "--listen", "127.0.0.1:0", "--target",
             f"127.0.0.1:{target_port}", "--control", "127.0.0.1:0", "--seed", str(seed)]
+    if timeline:
+        argv.append("--timeline")
     proc = Proc("netproxy", argv)
     try:
         match = proc.wait_for(rf"listening on {_ADDRESS} .*control on {_ADDRESS}", timeout_s)
@@ -204,4 +210,4 @@ def conditions_command(conditions: Any) -> str:
     bw = "none" if conditions.bandwidth_kbps is None else f"{conditions.bandwidth_kbps:g}"
     return (f"set delay_ms={conditions.delay_ms:g} jitter_ms={conditions.jitter_ms:g} "
             f"jitter_dist={conditions.jitter_dist} bandwidth_kbps={bw} "
-            f"blackhole={'on' if conditions.blackhole else 'off'}")
+            f"blackhole={'on' if conditions.blackhole else 'off'} jitter_slot_ms={conditions.jitter_slot_ms:g}")

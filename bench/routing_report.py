@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.netproxy_timeline import LinkTimeline
 from bench.routing_metrics import (
     GateResult,
     Summary,
@@ -26,7 +27,7 @@ from bench.routing_metrics import (
     switch_lags,
     winner,
 )
-from bench.routing_oracle import FRAMING_BYTES, ServiceTimes, expected_cloud_ms, expected_one_way_ms
+from bench.routing_oracle import FRAMING_BYTES, RECONNECT_RTTS, ServiceTimes, expected_cloud_ms, link_timeline
 from bench.routing_scenarios import Phase
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def _timeline_text(phases: Sequence[Phase]) -> str:
         c = p.conditions
         what = "blackhole" if c.blackhole else f"{c.delay_ms:g} ms"
         if c.jitter_ms:
-            what += f" + {c.jitter_dist} jitter {c.jitter_ms:g} ms"
+            what += f" + {c.jitter_dist} jitter {c.jitter_ms:g} ms" + (f" per {c.jitter_slot_ms:g} ms slot" if c.jitter_slot_ms else "")
         if c.bandwidth_kbps:
             what += f", {c.bandwidth_kbps:g} kbit/s"
         parts.append(f"{p.at_s:.2f} s: {what}")
@@ -223,26 +224,39 @@ def render_markdown(result: BenchResult, workload: Workload, command: str) -> st
                      f"{st.request_bytes[model]:.0f} | {st.response_bytes[model]:.0f} |")
     lines += [
         "",
-        "For each request the oracle takes the conditions in force when the request was sent (the proxy's "
-        "timeline as applied, with measured switch times) and computes",
+        "The proxy runs in timeline mode (`bench/netproxy_timeline.py`): the one-way delay of bytes entering "
+        "the link at time t is a deterministic function of time, the same for every policy's run of a scenario "
+        "(same seed, same phases; the switch times differ by the few ms the control port takes):",
         "",
         "```",
-        "cloud_ms = 2 * E[one_way_ms] + S_cloud(model)",
+        "d(s) = base delay of the phase in force at s + the jitter drawn for s's slot",
+        "       (one draw per jitter_slot_ms slot, seeded by (scenario seed, direction, slot index))",
+        "D(t) = max over s <= t of (s + d(s)) - t",
+        "```",
+        "",
+        "so the link behaves like a queue: a delay spike stalls it and drains at real-time speed, nothing "
+        "overtakes, and a step from 250 ms down to 5 ms drains over about 245 ms. For each request sent at t "
+        "(the first policy's measured send time) the oracle evaluates the same function, on the phases at the "
+        "times the proxy reported applying them, and computes",
+        "",
+        "```",
+        f"t'       = t, or L + {RECONNECT_RTTS} * RTT(L) if the link came back from a blackhole at L and t is earlier",
+        "cloud_ms = (t' - t) + D_up(t') + S_cloud(model) + D_down(t' + D_up(t') + S_cloud(model))",
         f"           + 8 * (B_request + B_answer + 2 * {FRAMING_BYTES}) / bandwidth_kbps   (only under a cap)",
         "edge_ms  = S_edge(model)",
-        "route    = cloud if the link is not blackholed and cloud_ms <= SLO, else edge",
+        "route    = cloud if the link is not blackholed at t and cloud_ms <= SLO, else edge",
         "```",
         "",
-        "`E[one_way_ms]` is the mean of the proxy's own per-chunk delay sampler for those conditions (base "
-        "delay plus the jitter draw, clamped at zero; estimated from 100,000 seeded draws, since the proxy "
-        "does not record the draws it made). 14 bytes per message are the gRPC length prefix and the HTTP/2 "
-        "frame header. The oracle's latency is the chosen route's expected latency; its quality is that tier's "
-        "answer for the same item (computed in-process from the same model files); it never errs or loses a "
-        "request. It ignores queueing (on the link or in either tier) beyond what the measured service times "
-        "contain, so under a bandwidth cap it is optimistic. With heavy-tailed jitter the mean hides the "
-        "tail: a request whose bytes drew a long delay misses the SLO on the cloud although the oracle "
-        "counts it as met, so there the oracle's attainment is an upper bound that no policy using the "
-        "cloud can reach (`cloud_only`'s row shows what the cloud actually achieved).",
+        "After a blackhole every connection that carried traffic lost bytes and is reset, so a real client needs "
+        f"a new connection: a TCP handshake plus the HTTP/2 preface and SETTINGS exchange, {RECONNECT_RTTS} round "
+        "trips at the delay in force (TLS would add more; the benchmark runs without). The oracle charges that "
+        "to requests sent before the new connection could be ready; it does not charge the time a client needs "
+        "to notice that the link is back. 14 bytes per message are the gRPC length prefix and the HTTP/2 frame "
+        "header. The oracle's latency is the chosen route's computed latency; its quality is that tier's answer "
+        "for the same item (computed in-process from the same model files); it never errs or loses a request. "
+        "It ignores queueing in either tier and on the link beyond D(t) (the measured service times contain "
+        "the queueing of the calibration load), so under a bandwidth cap it is optimistic. The link-turn tables "
+        "call a phase good or bad by its steady state (mean delay both ways, no drain).",
         "",
         "## Results per scenario",
         "",
@@ -288,9 +302,10 @@ def plot_scenario(sr: ScenarioResult, path: Path) -> None:
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.9 * len(rows) + 0.8), sharex=True, squeeze=False)
     first = next(iter(sr.runs.values()), None)
     timeline = first.timeline if first is not None else list(sr.scenario.phases)
+    link = first.link_timeline() if first is not None else link_timeline(timeline)
     end = sr.scenario.duration_s
     for ax, name in zip(axes[:, 0], rows, strict=True):
-        _draw_network(ax, timeline, end)
+        _draw_network(ax, timeline, link, end)
         if name == "oracle":
             points = [(a.t_s, c.latency_ms, c.route, "ok") for a, c in zip(sr.arrivals, sr.oracle, strict=True)]
         else:
@@ -321,17 +336,16 @@ def plot_scenario(sr: ScenarioResult, path: Path) -> None:
     plt.close(fig)
 
 
-def _draw_network(ax: Any, timeline: Sequence[Phase], end: float) -> None:
+def _draw_network(ax: Any, timeline: Sequence[Phase], link: LinkTimeline, end: float) -> None:
+    """Blackholes as dark bands; the link's one-way delay D_up(t) (as the proxy applied it) in grey."""
     twin = ax.twinx()
-    xs, ys = [], []
     for i, phase in enumerate(timeline):
         stop = timeline[i + 1].at_s if i + 1 < len(timeline) else end
-        c = phase.conditions
-        if c.blackhole:
+        if phase.conditions.blackhole:
             ax.axvspan(phase.at_s, stop, color="0.35", alpha=0.35, zorder=0)
-        xs += [phase.at_s, stop]
-        level = expected_one_way_ms(c)
-        ys += [level, level]
+    steps = max(1, int(end / 0.004))
+    xs = [end * k / steps for k in range(steps + 1)]
+    ys = [0.0 if link.conditions_at(t).blackhole else link.one_way_ms("up", t) for t in xs]
     twin.fill_between(xs, ys, step=None, color="0.85", zorder=0)
     twin.set_ylim(0, max(300.0, max(ys or [0]) * 1.1))
     twin.set_ylabel("one-way ms", fontsize=7, color="0.5")

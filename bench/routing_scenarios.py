@@ -14,8 +14,9 @@ or, for a link that alternates, ``repeat`` instead of ``phases``::
     repeat: {every_s: 2, conditions: [{delay_ms: 5}, {delay_ms: 250}]}
 
 Condition keys are those of ``bench.netproxy.NetConditions``: ``delay_ms`` (one way, per direction),
-``jitter_ms``, ``jitter_dist`` (uniform | normal | pareto), ``bandwidth_kbps`` and ``blackhole``; a key
-left out means a clean link for that property. Optional top-level keys: ``slo_ms`` (the latency goal
+``jitter_ms``, ``jitter_dist`` (uniform | normal | pareto), ``jitter_slot_ms`` (the benchmark runs the
+proxy in timeline mode, where jitter is drawn per slot of this length: required with jitter),
+``bandwidth_kbps`` and ``blackhole``; a key left out means a clean link for that property. Optional top-level keys: ``slo_ms`` (the latency goal
 for this scenario; the benchmark's default otherwise) and ``quick`` (true: part of ``--quick``).
 
 Everything here is pure: ``load_scenario`` reads a file into a frozen ``Scenario``; ``conditions_at``
@@ -36,7 +37,7 @@ from bench.netproxy import JITTER_DISTS, NetConditions
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 
-_CONDITION_KEYS = ("delay_ms", "jitter_ms", "jitter_dist", "bandwidth_kbps", "blackhole")
+_CONDITION_KEYS = ("delay_ms", "jitter_ms", "jitter_dist", "bandwidth_kbps", "blackhole", "jitter_slot_ms")
 _TOP_KEYS = ("name", "description", "duration_s", "phases", "repeat", "slo_ms", "quick")
 
 
@@ -92,7 +93,10 @@ def parse_conditions(raw: Any, where: str) -> NetConditions:
     if unknown:
         raise ScenarioError(f"{where}: unknown key {unknown[0]!r}; expected {', '.join(_CONDITION_KEYS)}")
     values: dict[str, Any] = {}
-    for key in ("delay_ms", "jitter_ms"):
+    if raw.get("jitter_ms") and not raw.get("jitter_slot_ms"):
+        raise ScenarioError(f"{where}.jitter_slot_ms: jitter needs a slot length > 0 (the proxy runs in "
+                            "timeline mode: one jitter draw per slot)")
+    for key in ("delay_ms", "jitter_ms", "jitter_slot_ms"):
         if key in raw:
             values[key] = _number(raw[key], f"{where}.{key}", minimum=0.0)
     if "bandwidth_kbps" in raw and raw["bandwidth_kbps"] is not None:

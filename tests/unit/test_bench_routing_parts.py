@@ -9,9 +9,17 @@ import pytest
 
 from bench.cli import main as bench_main
 from bench.netproxy import NetConditions
+from bench.netproxy_timeline import LinkTimeline
 from bench.routing_driver import Outcome
 from bench.routing_metrics import classify, gates_for_scenario, percentile, summarize, winner
-from bench.routing_oracle import ServiceTimes, expected_cloud_ms, expected_one_way_ms, oracle_choices
+from bench.routing_oracle import (
+    RECONNECT_RTTS,
+    ServiceTimes,
+    cloud_ms_at,
+    expected_cloud_ms,
+    expected_one_way_ms,
+    oracle_choices,
+)
 from bench.routing_scenarios import Phase, ScenarioError, load_scenarios, scenario_from_mapping
 from bench.routing_workload import Arrival, poisson_schedule, scenario_seed
 
@@ -130,6 +138,37 @@ def test_oracle_formula_bandwidth_and_blackhole():
     assert late[0].route == "edge"
     k = classify(choices)
     assert k.bad and k.good and k.bad_share == 0.5
+
+
+def test_oracle_uses_the_proxys_d_of_t_drain_and_reconnect():
+    good, bad = NetConditions(delay_ms=5), NetConditions(delay_ms=250)
+    dark = NetConditions(delay_ms=5, blackhole=True)
+    timeline = [Phase(-2.0, bad), Phase(0.0, bad), Phase(6.0, good), Phase(8.0, dark), Phase(9.0, good)]
+    arrivals = [Arrival(i, t, 0, "digits", 0) for i, t in enumerate([5.9, 6.1, 6.3, 8.5, 9.0, 9.05])]
+    choices = oracle_choices(arrivals, timeline, TIMES, deadline_ms=100, seed=4)
+    # 6.1: the link still drains the 250 ms step (150 ms up); 6.3: drained, 5 + 6 + 5 ms.
+    assert [c.route for c in choices] == ["edge", "edge", "cloud", "edge", "cloud", "cloud"]
+    assert choices[1].cloud_ms == pytest.approx(150 + 6 + 5 + 0)  # up 150, service 6, down 5 (drained)
+    assert choices[2].cloud_ms == pytest.approx(16)
+    assert math.isinf(choices[3].cloud_ms)
+    # Just after the blackhole lifts, a fresh connection costs RECONNECT_RTTS round trips of 10 ms.
+    assert choices[4].cloud_ms == pytest.approx(RECONNECT_RTTS * 10 + 16)
+    assert choices[5].cloud_ms == pytest.approx(16)
+
+
+def test_oracle_reads_the_jitter_timeline_of_the_proxy():
+    jitter = NetConditions(delay_ms=10, jitter_ms=4, jitter_dist="pareto", jitter_slot_ms=20)
+    link = LinkTimeline(scenario_seed(7, "heavy_tail_jitter"), [])
+    link.apply(0.0, jitter)
+    times = [k * 0.01 for k in range(1000)]
+    cloud = [cloud_ms_at(link, t, "minilm", TIMES) for t in times]
+    assert cloud == [link.round_trip_ms(t, 20.0) for t in times]
+    # Per request, not on average: some requests find the link stalled, most do not.
+    missed = sum(c > 100 for c in cloud) / len(cloud)
+    assert 0.01 < missed < 0.4
+    arrivals = [Arrival(i, t, 0, "minilm", 0) for i, t in enumerate(times)]
+    choices = oracle_choices(arrivals, link, TIMES, deadline_ms=100)
+    assert sum(c.route == "edge" for c in choices) == sum(c > 100 for c in cloud)
 
 
 # --------------------------------------------------------------------------- scoring

@@ -65,7 +65,7 @@ def test_markdown_states_gates_winners_and_skips(tmp_path):
     assert "| step_up | 100 / 0 |" in md  # overview: edge_only met every SLO, never the full model
     assert "skipped |" in md  # hedged's overview cell
     assert "Skipped `hedged`: the agent refused it at start" in md
-    assert "cloud_ms = 2 * E[one_way_ms] + S_cloud(model)" in md
+    assert "cloud_ms = (t' - t) + D_up(t') + S_cloud(model)" in md
     assert "| **latency_aware** |" in md
     assert "| 2.01 s, to bad: misses for | 0.00 |" in md  # edge_only: no misses after the turn
 

@@ -57,7 +57,8 @@ def test_control_commands_change_an_unstarted_proxy():
     assert handle_command(proxy, "update delay_ms=300 jitter_ms=10")["conditions"]["delay_ms"] == 300
     assert handle_command(proxy, "update blackhole=on")["conditions"] == {
         "delay_ms": 300.0, "jitter_ms": 10.0, "jitter_dist": "uniform", "bandwidth_kbps": None,
-        "blackhole": True}
+        "blackhole": True, "jitter_slot_ms": 0.0}
+    assert handle_command(proxy, "set delay_ms=5")["applied_at"] == proxy.applied_at
     assert handle_command(proxy, "set")["conditions"]["delay_ms"] == 0  # set = clean link + named fields
     assert handle_command(proxy, "reset") == {"reset": 0}
     assert "error" in handle_command(proxy, "update jitter_dist=cauchy")
