@@ -13,7 +13,8 @@ it by request id. Around that stream it:
 - fails every pending request at once with ``Unavailable`` when the stream breaks, stalls (an answer
   overdue by ``request_timeout_ms``, or probes timing out) or the cloud reports an error, so the data
   plane re-runs them on the edge without waiting;
-- reconnects in the background with capped exponential backoff and jitter, over a fresh channel with
+- reconnects in the background with capped exponential backoff and jitter (paced by the attempts'
+  start times, so a slow failed handshake counts towards the wait), over a fresh channel with
   HTTP/2 keepalive.
 
 The probes and the stall detection live in ``agent.link_probes`` (a mixin of ``CloudLink``).
@@ -51,6 +52,8 @@ from agent.rtt import RttEstimator, inband_sample_ms
 
 log = logging.getLogger(__name__)
 
+#: The router asked for the link this recently: requests are waiting for it (faster reconnects).
+_BUSY_WINDOW_MS = 2000.0
 
 
 @dataclass
@@ -91,6 +94,7 @@ class CloudLink(LinkProbes):
         self._metadata = settings.call_metadata()
         self._clock = clock
         self._rng = rng or random.Random()
+        self._wanted_at = -math.inf  # when the router last asked for the link (view)
         self.rtt = RttEstimator(alpha=settings.rtt_alpha, percentile=settings.rtt_percentile,
                                 recent=settings.rtt_recent)
         self.breaker = CircuitBreaker(failure_threshold=settings.failure_threshold,
@@ -218,6 +222,7 @@ class CloudLink(LinkProbes):
     # ------------------------------------------------------------------ router view
     def view(self, model: str) -> LinkView:
         now = self.now_ms()
+        self._wanted_at = now  # the router is asking: reconnects are paced for a waiting client
         snap = self.rtt.snapshot(now)
         compute = self.models.compute_ms(model, now)
         outstanding = 0.0
@@ -264,9 +269,11 @@ class CloudLink(LinkProbes):
     # ------------------------------------------------------------------ connection loop
     async def _connect_loop(self) -> None:
         attempt = 0
+        loop = asyncio.get_running_loop()
         while not self._closing:
             self._state = "connecting"
             started = self.now_ms()
+            attempt_started = loop.time()
             try:
                 await self._open()
             except Exception as exc:
@@ -275,10 +282,8 @@ class CloudLink(LinkProbes):
                 log.info("cloud %s: connect failed (%s)", self.settings.endpoint, self.stats.last_error)
                 await self._close_channel()
                 self._state = "down"
-                delay = backoff_ms(attempt, self.settings.backoff_initial_ms, self.settings.backoff_max_ms,
-                                   self.settings.backoff_jitter, self._rng)
+                await self._pause_before_retry(attempt, attempt_started)
                 attempt += 1
-                await asyncio.sleep(delay / 1000.0)
                 continue
             self.stats.connects += 1
             self.rtt.restart()
@@ -299,9 +304,31 @@ class CloudLink(LinkProbes):
             self.breaker.trip(self.now_ms())
             # A stream that lived a while resets the backoff; one that dies at once keeps growing it.
             attempt = 0 if self.now_ms() - started > 2 * self.settings.backoff_max_ms else attempt + 1
-            delay = backoff_ms(attempt, self.settings.backoff_initial_ms, self.settings.backoff_max_ms,
-                               self.settings.backoff_jitter, self._rng)
-            await asyncio.sleep(delay / 1000.0)
+            await self._pause_before_retry(attempt, attempt_started)
+
+    async def _pause_before_retry(self, attempt: int, attempt_started: float) -> None:
+        """Wait until the next connection attempt may start.
+
+        Attempts are paced by their start times: the backoff delay (capped exponential, jittered; the
+        cap is ``backoff_busy_max_ms`` while the router is asking for the link, ``backoff_max_ms``
+        otherwise) runs from when the last attempt started, so the time a failed handshake or a
+        connection that never worked already took counts towards it. A dead link therefore does
+        not add a full backoff on top of every timed-out attempt, and when it comes back (the proxy
+        or a middlebox resets the stale connection) the next attempt starts within a fraction of a
+        second. Every retry still waits a random slice of ``backoff_initial_ms`` at least, so a fleet
+        that lost the cloud together spreads out, and attempts never start more often than once per
+        backoff delay: a server that accepts and drops at once sees at most ~1000/busy cap attempts
+        per second per busy agent (4 with the defaults) and 1 per idle one.
+        """
+        loop = asyncio.get_running_loop()
+        busy = self.now_ms() - self._wanted_at <= _BUSY_WINDOW_MS
+        cap = min(self.settings.backoff_busy_max_ms, self.settings.backoff_max_ms) if busy \
+            else self.settings.backoff_max_ms
+        delay = backoff_ms(attempt, min(self.settings.backoff_initial_ms, cap), cap,
+                           self.settings.backoff_jitter, self._rng)
+        spent = (loop.time() - attempt_started) * 1000.0
+        floor = self._rng.uniform(0.0, min(delay, self.settings.backoff_initial_ms))
+        await asyncio.sleep(max(delay - spent, floor) / 1000.0)
 
     def _maybe_switch_to_unary(self, reason: str) -> bool:
         """In auto mode, a stream that failed to decode (or answered without ids) before it ever gave a

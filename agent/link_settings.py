@@ -2,7 +2,8 @@
 
 ``LinkSettings`` is the frozen set of knobs ``agent.cloud_link.CloudLink`` runs with, usually built
 from the fleet config's ``cloud`` and ``routing`` blocks by ``LinkSettings.from_config``.
-``backoff_ms`` is the reconnect schedule: capped exponential growth with jitter.
+``backoff_ms`` is the reconnect schedule: capped exponential growth with jitter (capped lower, at
+``backoff_busy_max_ms``, while requests are arriving; ``CloudLink`` paces attempts by their start times).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class LinkSettings:
     max_probes_in_flight: int = 12
     backoff_initial_ms: float = 100.0
     backoff_max_ms: float = 1000.0
+    #: The backoff cap while the router is asking for the link (requests arrive): a recovered link is
+    #: used again within a fraction of a second; attempts still start at most once per this delay.
+    backoff_busy_max_ms: float = 250.0
     backoff_jitter: float = 0.2
     failure_threshold: int = 3
     breaker_open_ms: float = 500.0
