@@ -12,7 +12,8 @@ time t is a deterministic function D(t) of the conditions applied, the moments t
     cloud_ms(m) = (t' - t) + D_up(t') + S_cloud(m) + D_down(t' + D_up(t') + S_cloud(m))
                   + 8 * (B_up(m) + B_down(m) + 2 * 14) / bw_kbps      (only under a bandwidth cap)
     edge_ms(m)  = S_edge(m)
-    route       = cloud  if the link is not blackholed at t and cloud_ms(m) <= deadline_ms  else edge
+    route       = cloud  if cloud_ms(m) <= deadline_ms and no blackhole falls in [t, t + cloud_ms(m)]
+                  (the proxy drops bytes still on the link when one starts), else edge
 
 D(t) has the queue semantics of the proxy: a delay spike (a heavy-tailed jitter draw, or a step from
 250 ms down to 5 ms) stalls the link and drains at real-time speed, so requests sent just after a
@@ -119,6 +120,18 @@ def reconnect_ready_s(link: LinkTimeline, t_s: float) -> float:
     return t_s
 
 
+def blackholed_between(link: LinkTimeline, start_s: float, end_s: float) -> bool:
+    """Whether a blackhole is in force at any moment of [start_s, end_s] (the proxy drops bytes that
+    are still on the link when one starts)."""
+    i = link.phase_index(start_s)
+    for phase in link.phases[i:]:
+        if phase.start_s > end_s:
+            break
+        if phase.conditions.blackhole:
+            return True
+    return False
+
+
 def cloud_ms_at(link: LinkTimeline, t_s: float, model: str, times: ServiceTimes) -> float:
     """The cloud's latency for a request of ``model`` sent at ``t_s`` (the module docstring's formula)."""
     cond = link.conditions_at(t_s)
@@ -126,6 +139,8 @@ def cloud_ms_at(link: LinkTimeline, t_s: float, model: str, times: ServiceTimes)
         return math.inf
     start = reconnect_ready_s(link, t_s)
     latency = (start - t_s) * 1000.0 + link.round_trip_ms(start, times.cloud_ms[model])
+    if blackholed_between(link, t_s, t_s + latency / 1000.0):
+        return math.inf  # the link dies while the request or its answer is on it: both are lost
     if cond.bandwidth_kbps is not None:
         size = times.request_bytes[model] + times.response_bytes[model] + 2 * FRAMING_BYTES
         latency += 8.0 * size / cond.bandwidth_kbps

@@ -2,8 +2,9 @@
 
 One plot per scenario (``routing_<scenario>.png``): a row per policy plus the oracle, request latency
 over send time on a log axis, each point coloured by the tier that answered (errors and lost requests
-marked separately), the SLO as a dashed line, and the network's one-way delay drawn behind as a grey
-step area (a blackhole as a dark band).
+marked separately), the SLO as a dashed line, and the network round trip behind as a grey area: the
+proxy's D(t) up and then down (``bench.netproxy_timeline``, the same function the oracle reads; a
+blackhole as a dark band).
 """
 
 from __future__ import annotations
@@ -131,10 +132,12 @@ def render_markdown(result: BenchResult, workload: Workload, command: str) -> st
         f"{result.wall_s:.0f} s on {platform.machine()} with {os.cpu_count()} CPU cores"
         f"{' (quick mode: shortened scenarios)' if cfg.quick else ''}; code: {result.code_note or 'unknown'}.",
         "",
-        "Set-up: the cloud (`fogline cloud serve`, CPU), the network proxy (`python -m bench.netproxy`) and "
-        "the agent (`fogline agent run`) are separate processes on loopback; the agent reaches the cloud "
-        "only through the proxy. Each policy runs with a fresh proxy and agent (fleet file with that "
-        f"policy), a {cfg.warmup_s:g} s warm-up under the first phase's conditions, then the scenario. "
+        "Set-up: the cloud (`fogline cloud serve`, CPU), the network proxy (`python -m bench.netproxy "
+        "--timeline`, seeded per scenario) and the agent (`fogline agent run`) are separate processes on "
+        "loopback; the agent reaches the cloud only through the proxy. Each policy runs with a fresh proxy "
+        f"and agent (fleet file with that policy), a {cfg.warmup_s:g} s warm-up under the first phase's "
+        "conditions, then the scenario (its first phase re-applied at the start, so the link's delay is "
+        "the same function of time in every policy's run). "
         f"Load: open-loop Poisson arrivals at {cfg.rate_hz:g} req/s over {cfg.streams} `ModelStreamInfer` "
         f"streams, {100 * cfg.minilm_share:.0f}% `minilm` (the {len(workload.sentences)} sentences of "
         f"`edge_models/data/sentences.txt`) and the rest `digits` ({result.workload_note}); the same seeded "
@@ -244,7 +247,7 @@ def render_markdown(result: BenchResult, workload: Workload, command: str) -> st
         "cloud_ms = (t' - t) + D_up(t') + S_cloud(model) + D_down(t' + D_up(t') + S_cloud(model))",
         f"           + 8 * (B_request + B_answer + 2 * {FRAMING_BYTES}) / bandwidth_kbps   (only under a cap)",
         "edge_ms  = S_edge(model)",
-        "route    = cloud if the link is not blackholed at t and cloud_ms <= SLO, else edge",
+        "route    = cloud if cloud_ms <= SLO and no blackhole starts before the answer is back, else edge",
         "```",
         "",
         "After a blackhole every connection that carried traffic lost bytes and is reset, so a real client needs "
@@ -330,14 +333,15 @@ def plot_scenario(sr: ScenarioResult, path: Path) -> None:
     axes[0, 0].legend(loc="upper right", fontsize=7, ncol=5)
     axes[-1, 0].set_xlabel("seconds since the scenario started (request send time)")
     fig.suptitle(f"{sr.scenario.name}: latency per request, coloured by the tier that answered; "
-                 "grey = one-way network delay (right axis), dark band = blackhole", fontsize=9)
+                 "grey = network round trip (right axis), dark band = blackhole", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def _draw_network(ax: Any, timeline: Sequence[Phase], link: LinkTimeline, end: float) -> None:
-    """Blackholes as dark bands; the link's one-way delay D_up(t) (as the proxy applied it) in grey."""
+    """Blackholes as dark bands; in grey the network round trip of bytes sent at t (up at t, then down
+    at once on arrival: D_up(t) + D_down(t + D_up(t))), as the proxy applied it."""
     twin = ax.twinx()
     for i, phase in enumerate(timeline):
         stop = timeline[i + 1].at_s if i + 1 < len(timeline) else end
@@ -345,10 +349,10 @@ def _draw_network(ax: Any, timeline: Sequence[Phase], link: LinkTimeline, end: f
             ax.axvspan(phase.at_s, stop, color="0.35", alpha=0.35, zorder=0)
     steps = max(1, int(end / 0.004))
     xs = [end * k / steps for k in range(steps + 1)]
-    ys = [0.0 if link.conditions_at(t).blackhole else link.one_way_ms("up", t) for t in xs]
+    ys = [0.0 if link.conditions_at(t).blackhole else link.round_trip_ms(t) for t in xs]
     twin.fill_between(xs, ys, step=None, color="0.85", zorder=0)
-    twin.set_ylim(0, max(300.0, max(ys or [0]) * 1.1))
-    twin.set_ylabel("one-way ms", fontsize=7, color="0.5")
+    twin.set_ylim(0, max(600.0, max(ys or [0]) * 1.1))
+    twin.set_ylabel("network RTT ms", fontsize=7, color="0.5")
     twin.tick_params(labelsize=7, colors="0.5")
     ax.set_zorder(twin.get_zorder() + 1)
     ax.patch.set_visible(False)

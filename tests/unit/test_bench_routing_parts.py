@@ -154,6 +154,11 @@ def test_oracle_uses_the_proxys_d_of_t_drain_and_reconnect():
     # Just after the blackhole lifts, a fresh connection costs RECONNECT_RTTS round trips of 10 ms.
     assert choices[4].cloud_ms == pytest.approx(RECONNECT_RTTS * 10 + 16)
     assert choices[5].cloud_ms == pytest.approx(16)
+    # A request whose answer would still be on the link when the blackhole starts is lost there.
+    just_before = oracle_choices([Arrival(0, 7.99, 0, "digits", 0), Arrival(1, 7.98, 0, "digits", 0)],
+                                 timeline, TIMES, deadline_ms=100, seed=4)
+    assert just_before[0].route == "edge" and math.isinf(just_before[0].cloud_ms)
+    assert just_before[1].route == "cloud" and just_before[1].cloud_ms == pytest.approx(16)
 
 
 def test_oracle_reads_the_jitter_timeline_of_the_proxy():
