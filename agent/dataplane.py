@@ -45,6 +45,7 @@ from agent.router import (
     Tier,
     decide,
 )
+from edge_models.spec import validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,8 @@ class DataPlane:
         if runner is None:
             raise ModelNotFound(f"model {request.model_name!r} is not served on this device")
         began = self._clock()
-        outputs = await runner.predict(request.inputs)
+        # ``infer`` checked the inputs (``_check_inputs``) before routing: the model need not again.
+        outputs = await runner.predict(request.inputs, checked=True)
         if self.metrics is not None:
             self.metrics.observe_latency(request.model_name, "edge", self._clock() - began)
         return codec.InferResponse(
@@ -255,11 +257,9 @@ class DataPlane:
     @staticmethod
     def _check_inputs(runner: EdgeRunner, request: codec.InferRequest) -> None:
         """Refuse malformed inputs up front, with the same checks the models apply."""
-        from edge_models.spec import validate_inputs
-
         validate_inputs(runner.name, runner.model.inputs, request.inputs)
-        known = {spec.name for spec in runner.model.outputs}
         for name in request.outputs:
+            known = {spec.name for spec in runner.model.outputs}
             if name not in known:
                 raise InvalidInput(f"model {runner.name!r} has no output {name!r}; it has {', '.join(sorted(known))}")
 

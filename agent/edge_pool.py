@@ -5,8 +5,11 @@
 ``max_batch`` rows; while other calls run it also waits up to ``max_delay_ms`` for company),
 concatenates them along the batch axis, runs one ``predict`` in a thread and hands each request its
 rows. Concurrent requests therefore share one onnxruntime call instead of queueing behind each other.
-A model cheap enough (``INLINE_MAX_MS``, measured at warm-up) runs right on the event loop whenever the
-runner is idle, where the thread hand-offs would cost more than the model.
+
+A request that finds the runner idle has nobody to share a call with, so it skips the queue and the
+worker task (two event-loop hand-offs) and goes straight to the thread pool; a model cheap enough
+(``INLINE_MAX_MS``, measured at warm-up) even runs right on the event loop, where the thread hand-offs
+would cost more than the model.
 
 The runner also measures itself for the router: ``queue_depth`` (requests waiting or running) and
 ``service_ms`` (a moving average of how long one call takes once it starts), which together predict
@@ -44,6 +47,8 @@ class _Job:
     inputs: dict[str, np.ndarray]
     rows: int
     future: asyncio.Future[dict[str, np.ndarray]]
+    #: The caller already validated ``inputs`` against the model's specs.
+    checked: bool = False
     #: A worker took it: from then on it runs to the end, whoever still waits for it.
     started: bool = False
 
@@ -69,6 +74,9 @@ class EdgeRunner:
                  max_delay_ms: float = 0.0, max_queue: int = 256, initial_service_ms: float = 10.0,
                  alpha: float = 0.2) -> None:
         self.model = model
+        #: The model's call for inputs already validated (``EdgeModel.predict_checked``: the data plane
+        #: checks every request before routing it, so the model need not check it again).
+        self._predict_checked = getattr(model, "predict_checked", model.predict)
         self.name: str = model.name
         self.version: str = str(model.version)
         self.workers = max(1, workers)
@@ -85,6 +93,9 @@ class EdgeRunner:
         self._executor = executor
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._in_flight = 0
+        #: Model calls running (worker batches and lone requests); at most ``workers``.
+        self._running_calls = 0
+        self._slot_freed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.calls = 0
         self.rows = 0
@@ -135,18 +146,21 @@ class EdgeRunner:
                         service_ms=self.service_ms, service_high_ms=self.service_high_ms,
                         scheduling_ms=scheduling_ms, cpu_load=cpu_load)
 
-    async def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one request (a batch of rows) through the model; raises what the model raises."""
+    async def predict(self, inputs: dict[str, np.ndarray], *, checked: bool = False) -> dict[str, np.ndarray]:
+        """Run one request (a batch of rows) through the model; raises what the model raises.
+        ``checked``: the caller already validated ``inputs`` against the model's input specs."""
         rows = _rows_of(inputs)
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"model {self.name!r}: {self.max_queue} requests already wait on this device; "
                              "retry later or raise batching.max_queue_size")
-        idle = self.queue_depth == 0
-        if idle and self.inline and rows <= self.max_batch:
-            return self._predict_inline(inputs, rows)
+        idle = self._in_flight == 0 and self._queue.empty()
+        if idle and rows <= self.max_batch:
+            if self.inline:
+                return self._predict_inline(inputs, rows, checked)
+            return await self._predict_alone(inputs, rows, checked)
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         began = time.perf_counter()
-        job = _Job(inputs, rows, future)
+        job = _Job(inputs, rows, future, checked)
         await self._queue.put(job)
         try:
             result = await asyncio.shield(future)
@@ -161,43 +175,94 @@ class EdgeRunner:
             self._recent.append((time.perf_counter() - began) * 1000.0)
         return result
 
-    def _predict_inline(self, inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    def _predict_inline(self, inputs: dict[str, np.ndarray], rows: int, checked: bool) -> dict[str, np.ndarray]:
         began = time.perf_counter()
-        outputs = self.model.predict(inputs)
-        elapsed = (time.perf_counter() - began) * 1000.0
-        self._observe(elapsed)
-        self._recent.append(elapsed)
+        outputs = (self._predict_checked if checked else self.model.predict)(inputs)
+        self._served_alone(rows, (time.perf_counter() - began) * 1000.0)
+        return outputs
+
+    async def _predict_alone(self, inputs: dict[str, np.ndarray], rows: int, checked: bool
+                             ) -> dict[str, np.ndarray]:
+        """An idle runner's request goes straight to the thread pool: with nothing to batch it with, the
+        queue and the worker task would only add two event-loop hand-offs. It counts as in flight, so
+        requests arriving meanwhile queue for the workers (and may batch among themselves)."""
+        loop = asyncio.get_running_loop()
+        self._in_flight += 1
+        self._running_calls += 1
+        began = time.perf_counter()
+        work = self._executor.submit(self._predict_checked if checked else self.model.predict, inputs)
+        try:
+            outputs = await asyncio.wrap_future(work, loop=loop)
+        except asyncio.CancelledError:
+            # The caller gave up (a hedge the cloud won): a call not started yet is dropped unrun (the
+            # cancellation reaches ``work``); one already running finishes unheard and frees its slot then.
+            if work.done():
+                self._release_one()
+            else:
+                work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release_one))
+            raise
+        except BaseException:
+            self._release_one()
+            raise
+        self._release_one()
+        self._served_alone(rows, (time.perf_counter() - began) * 1000.0)
+        return outputs
+
+    def _release_one(self) -> None:
+        self._in_flight -= 1
+        self._running_calls -= 1
+        self._slot_freed.set()
+
+    def _served_alone(self, rows: int, elapsed_ms: float) -> None:
+        """Book one request that ran with nobody ahead (inline or straight to the pool): its time is both
+        a service-time sample and a submit-to-answer sample."""
+        self._observe(elapsed_ms)
+        self._recent.append(elapsed_ms)
         self.calls += 1
         self.rows += rows
-        return outputs
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
-            if first.future.done():
-                continue  # cancelled while it waited: nobody wants the answer
-            first.started = True
+            self._in_flight += 1  # taken from the queue: it still counts until it is answered
             batch = [first]
-            self._in_flight += 1
             try:
-                # Wait for company only while other calls run (then more requests are likely on their
-                # way); a request that finds the runner idle starts at once.
-                if self.max_delay_ms > 0 and self._queue.empty() and self.max_batch > 1 and self._in_flight > 1:
-                    await asyncio.sleep(self.max_delay_ms / 1000.0)
-                rows = first.rows
-                while not self._queue.empty() and len(batch) < self.max_batch:
-                    nxt = self._queue._queue[0]  # type: ignore[attr-defined]  # peek without taking
-                    if nxt.future.done():
-                        self._queue.get_nowait()  # cancelled while it waited
-                        continue
-                    if rows + nxt.rows > self.max_batch or not _compatible(first, nxt):
-                        break
-                    nxt.started = True
-                    batch.append(self._queue.get_nowait())
-                    self._in_flight += 1
-                    rows += nxt.rows
-                await self._run(loop, batch)
+                # At most ``workers`` model calls at once, a lone request's call (``_predict_alone``)
+                # included: until a slot frees, the job stays unstarted (and can still be dropped).
+                while self._running_calls >= self.workers and not first.future.done():
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                if first.future.done():
+                    continue  # cancelled while it waited: nobody wants the answer
+                first.started = True
+                self._running_calls += 1
+                try:
+                    # Wait for company only while other calls run (then more requests are likely on
+                    # their way); a request that finds the runner idle does not even come here.
+                    if self.max_delay_ms > 0 and self._queue.empty() and self.max_batch > 1 and self._in_flight > 1:
+                        await asyncio.sleep(self.max_delay_ms / 1000.0)
+                    rows = first.rows
+                    while not self._queue.empty() and len(batch) < self.max_batch:
+                        nxt = self._queue._queue[0]  # type: ignore[attr-defined]  # peek without taking
+                        if nxt.future.done():
+                            self._queue.get_nowait()  # cancelled while it waited
+                            continue
+                        if rows + nxt.rows > self.max_batch or not _compatible(first, nxt):
+                            break
+                        nxt.started = True
+                        batch.append(self._queue.get_nowait())
+                        self._in_flight += 1
+                        rows += nxt.rows
+                    await self._run(loop, batch)
+                finally:
+                    self._running_calls -= 1
+                    self._slot_freed.set()
+            except asyncio.CancelledError:
+                for job in batch:  # the runner stops: nobody will answer these
+                    if not job.future.done():
+                        job.future.cancel()
+                raise
             finally:
                 self._in_flight -= len(batch)
 
@@ -206,9 +271,10 @@ class EdgeRunner:
             merged = batch[0].inputs
         else:
             merged = {k: np.concatenate([job.inputs[k] for job in batch], axis=0) for k in batch[0].inputs}
+        call = self._predict_checked if all(job.checked for job in batch) else self.model.predict
         started = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self.model.predict, merged)
+            outputs = await loop.run_in_executor(self._executor, call, merged)
         except InvalidInput as exc:
             if len(batch) == 1:
                 _fail(batch[0], exc)

@@ -10,7 +10,6 @@ as Triton does, and the stream carries on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -80,57 +79,69 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
             await _abort(context, exc)
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        # One task reads requests and starts one answer task per request; answers go through ``out`` to
+        # this generator, which writes them in the order they finish. ``_READ_DONE`` in ``out`` says
+        # the reader stopped (client done, stream broken, or a drain), after which the stream ends once
+        # every started request has been answered. Per request that is one task and one queue
+        # hand-off, nothing more: this is the streaming hot path.
         out: asyncio.Queue[object] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        started = 0
 
         async def answer(msg: pb.ModelInferRequest) -> None:
             try:
                 response = await self.dataplane.infer(codec.request_from_proto(msg))
-                await out.put(pb.ModelStreamInferResponse(infer_response=codec.response_to_proto(response)))
+                reply = pb.ModelStreamInferResponse(infer_response=codec.response_to_proto(response))
             except Exception as exc:
                 code, text = status_of(exc)
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("request %r failed", msg.id)
-                await out.put(pb.ModelStreamInferResponse(
+                reply = pb.ModelStreamInferResponse(
                     error_message=f"[{code.name}] {text}",
                     infer_response=pb.ModelInferResponse(model_name=msg.model_name,
                                                          model_version=msg.model_version, id=msg.id),
-                ))
+                )
+            out.put_nowait(reply)
 
         async def read() -> None:
-            async for msg in request_iterator:
-                if self.drain_event.is_set():
-                    break
-                task = asyncio.create_task(answer(msg))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            nonlocal started
+            try:
+                async for msg in request_iterator:
+                    if self.drain_event.is_set():
+                        break
+                    task = asyncio.create_task(answer(msg))
+                    started += 1
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            except Exception as exc:
+                log.debug("stream closed by the client: %s", exc)
+
+        async def stop_reading_on_drain() -> None:
+            await self.drain_event.wait()
+            reader.cancel()
 
         reader = asyncio.create_task(read())
-        drain = asyncio.create_task(self.drain_event.wait())
-        getter: asyncio.Task[object] | None = None
+        # However the reader ends (the client is done, the stream broke, a drain cancelled it, even
+        # before it started), the answer loop hears of it.
+        reader.add_done_callback(lambda _: out.put_nowait(_READ_DONE))
+        drain = asyncio.create_task(stop_reading_on_drain())
+        reading, answered = True, 0
         try:
-            while True:
-                if getter is None:
-                    getter = asyncio.create_task(out.get())
-                waiting = {getter} if reader.done() else {getter, reader, drain}
-                if reader.done() and not tasks and out.empty() and not getter.done():
-                    break
-                done, _ = await asyncio.wait(waiting | set(tasks), return_when=asyncio.FIRST_COMPLETED)
-                if drain in done and not reader.done():
-                    reader.cancel()  # stop taking new requests; answer what is in flight
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await reader
-                if getter in done:
-                    yield getter.result()
-                    getter = None
+            while reading or answered < started:
+                item = await out.get()
+                if item is _READ_DONE:
+                    reading = False
+                    continue
+                answered += 1
+                yield item
         finally:
-            for task in (reader, drain, getter):
-                if task is not None and not task.done():
+            for task in (reader, drain, *tasks):
+                if not task.done():
                     task.cancel()
-            for task in list(tasks):
-                task.cancel()
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                log.debug("stream closed by the client: %s", reader.exception())
+
+
+#: What the stream's reader puts into its answer queue when it stops reading.
+_READ_DONE = object()
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:

@@ -98,7 +98,11 @@ class EdgeModel(LoadedModel):
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; returns ``{output name: array}`` with the batch size of the input."""
-        checked = validate_inputs(self.name, self.inputs, inputs)
+        return self.predict_checked(validate_inputs(self.name, self.inputs, inputs))
+
+    def predict_checked(self, checked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``predict`` for inputs that already passed ``validate_inputs`` against this model's specs (the
+        agent checks each request once, before routing it, and then skips the second check)."""
         if self._encoder is not None:
             feed = self._encoder.encode(decode_texts(checked[self.inputs[0].name]))
             feed = {name: feed[name] for name in self._onnx_inputs}

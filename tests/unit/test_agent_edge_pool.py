@@ -244,3 +244,32 @@ def test_a_cancelled_job_that_no_worker_took_never_runs():
     batches, out, cancelled, depth = run(scenario())
     assert cancelled and batches == [1, 2, 1]  # the 3-row job never reached the model
     assert out[1]["y"].shape == (2, 2) and depth == 0
+
+
+def test_a_lone_request_goes_straight_to_the_pool_and_holds_a_worker_slot():
+    async def scenario():
+        model = Doubler(delay_s=0.05)
+        threads = []
+        original = model.predict
+
+        def predict(inputs):
+            threads.append(threading.current_thread().name)
+            return original(inputs)
+
+        model.predict = predict
+        with ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
+            runner = EdgeRunner(model, pool, workers=1, max_batch=8)
+            await runner.start(warmup=False)
+            runner._tasks[0].cancel()  # no worker at all: a lone request must not need one
+            lone = asyncio.create_task(runner.predict({"x": np.ones((1, 2), np.float32)}))
+            await asyncio.sleep(0.01)
+            depth_during = runner.queue_depth
+            out = await lone
+            depth_after = runner.queue_depth
+            await runner.stop()
+            return threads, depth_during, depth_after, out, runner.calls
+
+    threads, during, after, out, calls = run(scenario())
+    assert threads == ["pool_0"] and calls == 1  # ran once, on the pool's thread
+    assert during == 1 and after == 0  # counted while it ran, so the router sees the busy edge
+    assert out["y"].tolist() == [[2.0, 2.0]]
