@@ -6,7 +6,10 @@
 What it measures, all in one run on one machine:
 
 1. **In-process ceiling**: ``FullModel.predict`` called directly at batch sizes 1..64 on the same
-   sentences; the best throughput is the ceiling, the batch-1 median is the latency floor.
+   sentences by one caller using every core, and (CPU) by one caller per core side by side, each on
+   one intra-op thread, at batch sizes 4..16 (how the server's compute pool runs a busy CPU, see
+   ``cloud.compute_pool``); the best throughput of all rows is the ceiling, the batch-1 median is the
+   latency floor.
 2. **Served**: ``fogline cloud serve`` as a subprocess, twice (``--max-batch-size`` 8 on a CPU, 32 on a
    GPU, then ``1`` = batching off). A closed-loop client opens ``c`` streams (c = 1, 8, 32, like c devices each with one
    request in flight), each request one sentence, and records every request's latency.
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +39,8 @@ from cloud.settings import usable_cores
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCY = (1, 8, 32)
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)
+#: Batch sizes measured with one caller per core side by side (CPU only), as the compute pool runs them.
+SIDE_BY_SIDE_BATCHES = (4, 8, 16)
 
 
 @dataclass
@@ -124,6 +130,29 @@ class InProcess:
         rows = [self.texts[i].encode() for i in order(len(self.texts)).take(size)]
         return np.array(rows, dtype=object)
 
+    def measure_side_by_side(self, batch: int, seconds: float, callers: int) -> tuple[int, float, list[float], list[int]]:
+        """``callers`` threads, each calling ``predict`` on ``batch`` sentences with one intra-op thread
+        (torch's thread count is a per-thread setting), for ``seconds``: the way the server's compute
+        pool runs a CPU under steady load (``cloud.compute_pool``)."""
+        import torch
+
+        def one_caller() -> list[float]:
+            torch.set_num_threads(1)
+            latencies: list[float] = []
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds or not latencies:
+                inputs = {"text": self._next(batch)}
+                t0 = time.perf_counter()
+                self.model.predict(inputs)
+                latencies.append((time.perf_counter() - t0) * 1e3)
+            return latencies
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(callers) as pool:
+            futures = [pool.submit(one_caller) for _ in range(callers)]
+            latencies = [ms for f in futures for ms in f.result()]
+        return len(latencies) * batch, time.perf_counter() - start, latencies, [batch] * len(latencies)
+
     def measure(self, batch: int, seconds: float) -> tuple[int, float, list[float], list[int]]:
         """Call ``predict`` on ``batch`` sentences for ``seconds``: (sentences, seconds, latencies, batches)."""
         latencies: list[float] = []
@@ -142,10 +171,12 @@ class InProcess:
 class ServerProcess:
     """``fogline cloud serve`` in a subprocess; ``port`` is read from its start-up line."""
 
-    def __init__(self, models: Path, device: str, max_batch_size: int) -> None:
+    def __init__(self, models: Path, device: str, max_batch_size: int, compute_workers: int | None = None) -> None:
         args = [sys.executable, "-m", "fogline.cli", "cloud", "serve", "--listen", "127.0.0.1:0", "--models",
                 str(models), "--device", device, "--max-batch-size", str(max_batch_size), "--metrics-port", "off",
                 "--grace-s", "5"]  # fmt: skip
+        if compute_workers is not None:
+            args += ["--compute-workers", str(compute_workers)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.port = self._wait_for_port(timeout=180)
         self._drain = threading.Thread(target=self.proc.stdout.read, daemon=True)  # type: ignore[union-attr]
@@ -236,33 +267,41 @@ def measure(
     warmup: float,
     texts: list[str],
     max_batch: int = 32,
+    compute_workers: int | None = None,
 ) -> dict:
     """Every configuration, ``rounds`` times, interleaved, so a burst of load elsewhere on the machine
     hits one round of each rather than all of one configuration."""
     from edge_models.repository import ModelRepository
 
     runs: dict[tuple[str, int], Run] = {}
+    callers = usable_cores() if device == "cpu" else 1
     for batch in BATCH_SIZES:
         runs["in", batch] = Run(f"in-process batch {batch}")
+    for batch in SIDE_BY_SIDE_BATCHES if callers > 1 else ():
+        runs["side", batch] = Run(f"in-process batch {batch}, {callers} callers x 1 thread")
     for mode in ("on", "off"):
         for c in CONCURRENCY:
             label = f"on (max batch {max_batch})" if mode == "on" else "off"
             runs[mode, c] = Run(f"gRPC stream, batching {label}, c={c}")
-    servers = {"on": ServerProcess(models, device, max_batch)}
+    servers = {"on": ServerProcess(models, device, max_batch, compute_workers)}
     try:
-        servers["off"] = ServerProcess(models, device, 1)
+        servers["off"] = ServerProcess(models, device, 1, compute_workers)
         inproc = InProcess(ModelRepository(models).resolve("minilm"), device, texts)
         print("warm-up round (not recorded) ...", flush=True)
         for _ in texts:  # every sentence once, then batches of every size
             inproc.measure(1, 0)
         for batch in BATCH_SIZES:
             inproc.measure(batch, seconds / 4)
+        if callers > 1:
+            inproc.measure_side_by_side(8, seconds / 4, callers)
         for server in servers.values():
             for c in CONCURRENCY:
                 asyncio.run(closed_loop(server.port, c, seconds / 2, 0, texts))
         for r in range(rounds):
             for batch in BATCH_SIZES:
                 runs["in", batch].add(*inproc.measure(batch, seconds / 2))
+            for key in [k for k in runs if k[0] == "side"]:
+                runs[key].add(*inproc.measure_side_by_side(key[1], seconds / 2, callers))
             for mode, server in servers.items():
                 for c in CONCURRENCY:
                     runs[mode, c].add(*asyncio.run(closed_loop(server.port, c, seconds, warmup, texts)))
@@ -278,7 +317,7 @@ def measure(
 
 
 def write_report(out: Path, device: str, rounds: int, seconds: float, runs: dict, note: str = "") -> None:
-    inproc = [runs["in", b] for b in BATCH_SIZES]
+    inproc = [runs["in", b] for b in BATCH_SIZES] + [r for k, r in runs.items() if k[0] == "side"]
     on = [runs["on", c] for c in CONCURRENCY]
     off = [runs["off", c] for c in CONCURRENCY]
     ceiling = max(inproc, key=lambda r: r.throughput)
@@ -382,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the batching server's max batch size (default: 8 on cpu, the best in-process batch size "
         "measured on 2 cores with this sentence mix; 32 on cuda)",
     )
+    parser.add_argument(
+        "--compute-workers", type=int, help="passed to both servers (default: the server's, one per core on cpu)"
+    )
     parser.add_argument("--note", default="", help="a line of provenance to add to the report")
     parser.add_argument("--out", type=Path, help="report path (default bench/results/cloud[-gpu].md)")
     args = parser.parse_args(argv)
@@ -394,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         ensure_models(models, names=["minilm"], progress=True)
     out = args.out or RESULTS / ("cloud-gpu.md" if args.device == "cuda" else "cloud.md")
     max_batch = args.max_batch_size or (32 if args.device == "cuda" else 8)
-    runs = measure(models, args.device, args.rounds, args.seconds, args.warmup, sentences(), max_batch)
+    runs = measure(
+        models, args.device, args.rounds, args.seconds, args.warmup, sentences(), max_batch, args.compute_workers
+    )
     write_report(out, args.device, args.rounds, args.seconds, runs, note=args.note)
     return 0
 

@@ -4,18 +4,21 @@ How a request travels:
 
 1. ``submit`` puts it in a bounded queue (full queue -> ``Overloaded``, i.e. RESOURCE_EXHAUSTED)
    and awaits its own future.
-2. One dispatcher task per model (on the event loop) takes requests off the queue. When the model is
-   idle and a request arrives, it is dispatched **at once**: nobody waits for company when there is
-   no one to wait behind. While a batch runs, new requests pile up in the queue; when the model is
-   free again they all leave together as the next batch (up to ``max_batch_size`` rows). With
-   ``max_queue_delay_us`` > 0 (like Triton's ``max_queue_delay_microseconds``) and a batch of several
-   requests just finished, the next batch may be held at most that long after the model became
-   free, until as many rows are queued as the last batch had plus those already waiting: the callers
-   just answered tend to come straight back, and one full batch beats a lopsided pair (1 + 31).
-   After a batch of one request nothing is held, so a lone caller never waits.
+2. One dispatcher task per model (on the event loop) takes requests off the queue. When a compute
+   worker is free and a request arrives, it is dispatched **at once**: nobody waits for company when
+   there is no one to wait behind. While every worker is busy, new requests pile up in the queue;
+   when a worker frees up they all leave together as the next batch (up to ``max_batch_size``
+   rows). With ``max_queue_delay_us`` > 0 (like Triton's ``max_queue_delay_microseconds``) and a
+   batch of several requests just finished (and no other batch of the model running), the next
+   batch may be held at most that long after the model became free, until as many rows are queued
+   as the last batch had plus those already waiting: the callers just answered tend to come
+   straight back, and one full batch beats a lopsided pair (1 + 31). After a batch of one request
+   nothing is held, so a lone caller never waits.
 3. A request whose deadline has passed, or whose caller went away, is dropped before compute.
-4. The batch's inputs are concatenated along axis 0, the model runs on one worker thread (off the
-   event loop), and the outputs are split back by each request's row count.
+4. The batch's inputs are concatenated along axis 0, the model runs on a worker of the
+   ``ComputePool`` (off the event loop; on a CPU the pool has a worker per core and several batches
+   may run side by side, see ``cloud.compute_pool``), and the outputs are split back by each
+   request's row count.
 5. If a batch of several requests fails, each request is re-run alone, so one bad request fails
    only itself.
 
@@ -29,11 +32,12 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from fogline.errors import DeadlineExceeded, Overloaded, Unavailable
+
+from cloud.compute_pool import ComputePool
 
 Arrays = dict[str, np.ndarray]
 RunFn = Callable[[Arrays], Arrays]
@@ -86,7 +90,7 @@ def split_outputs(outputs: Arrays, rows: list[int]) -> list[Arrays]:
 
 
 class DynamicBatcher:
-    """Batches requests for one model and runs them on its own worker thread."""
+    """Batches requests for one model and runs them on a compute pool's workers."""
 
     def __init__(
         self,
@@ -98,10 +102,10 @@ class DynamicBatcher:
         max_queue_size: int = 256,
         on_batch: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
-        executor: ThreadPoolExecutor | None = None,
+        pool: ComputePool | None = None,
     ) -> None:
-        """``executor``: a one-thread executor to run the model on (the thread that loaded it, so
-        torch uses one CPU thread pool); by default the batcher starts its own."""
+        """``pool``: the compute threads to run the model on (shared by every model on a CPU, see
+        ``cloud.compute_pool``); by default the batcher starts a one-worker pool of its own."""
         self.name = name
         self._run = run
         self.max_batch_size = max_batch_size
@@ -112,9 +116,12 @@ class DynamicBatcher:
         self._pending: deque[_Item] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fogline-{name}")
+        self._own_pool = pool is None
+        self._pool = pool or ComputePool(1, name=f"fogline-{name}")
+        self._running: set[asyncio.Task] = set()  # this model's batches on the pool now
+        self._expected = 0  # rows likely queued soon: the last batch's callers coming back + waiting ones
+        self._free_at = 0.0  # when the last batch finished
         self._closed = False
-        self.busy = False
 
     # ------------------------------------------------------------------ public
 
@@ -160,31 +167,44 @@ class DynamicBatcher:
             assert self._wakeup is not None
             self._wakeup.set()
             await self._task
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         while self._pending:
             item = self._pending.popleft()
             if not item.future.done():
                 item.future.set_exception(Unavailable(f"model {self.name!r} is shutting down"))
-        self._executor.shutdown(wait=True)
+        if self._own_pool:
+            self._pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ dispatcher
 
     async def _dispatch(self) -> None:
         assert self._wakeup is not None
-        expected = 0  # rows likely to be queued soon: the last batch's callers coming back + waiting ones
-        free_at = 0.0
         while True:
-            if self._delay_s > 0 and expected > 1:
-                await self._hold_for_company(expected, free_at + self._delay_s)
             while not self._pending and not self._closed:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             if self._closed:
                 return
+            # Wait for a free worker *before* forming the batch: while every worker is busy,
+            # requests keep gathering, and the free worker takes them all.
+            worker = await self._pool.acquire()
+            if self._closed:  # closed while we waited: what is queued gets Unavailable from close()
+                self._pool.release(worker)
+                return
+            if self._delay_s > 0 and self._expected > 1 and not self._running:
+                await self._hold_for_company(self._expected, self._free_at + self._delay_s)
+            self._expected = 0
             batch = self._take()
-            if batch:
-                await self._execute(batch)
-                free_at = self._clock()
-                expected = min(self.max_batch_size, sum(it.rows for it in batch) + self._pending_rows())
+            if not batch:  # all expired or cancelled while we waited
+                self._pool.release(worker)
+                continue
+            # Hand the batch to the worker thread right now; a task waits for it and answers.
+            started = self._clock()
+            computing = self._pool.start(worker, self._call, batch)
+            task = asyncio.get_running_loop().create_task(self._finish(batch, worker, started, computing))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     def _pending_rows(self) -> int:
         return sum(it.rows for it in self._pending)
@@ -234,34 +254,43 @@ class DynamicBatcher:
             rows += item.rows
         return batch
 
-    async def _execute(self, batch: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
-        started = self._clock()
-        self.busy = True
+    async def _finish(self, batch: list[_Item], worker: int, started: float, computing: asyncio.Future) -> None:
+        """Wait for a batch's model call, give the worker back, then answer each request.
+
+        The worker goes back *before* the answers: the dispatcher then starts the next batch on it
+        before the event loop spends its time writing this batch's responses.
+        """
+        released = False
         try:
             try:
-                results, compute_s = await loop.run_in_executor(self._executor, self._call, batch)
+                results, compute_s = await computing
             except Exception as exc:
                 if len(batch) == 1:
                     self._fail(batch[0], exc)
                     return
                 # One request may have poisoned the batch: run each alone so only it fails.
                 for item in batch:
-                    await self._execute_alone(item, started)
+                    await self._execute_alone(item, started, worker)
                 return
-            self._observe(sum(it.rows for it in batch), len(batch), compute_s)
             rows = sum(it.rows for it in batch)
+            self._free_at = self._clock()
+            self._expected = min(self.max_batch_size, rows + self._pending_rows())
+            self._running.discard(asyncio.current_task())
+            self._pool.release(worker)
+            released = True
+            self._observe(rows, len(batch), compute_s)
             for item, outputs in zip(batch, results, strict=True):
                 stats = BatchStats(started - item.enqueued, compute_s, rows, len(batch))
                 if not item.future.done():
                     item.future.set_result((outputs, stats))
         finally:
-            self.busy = False
+            if not released:
+                self._running.discard(asyncio.current_task())
+                self._pool.release(worker)
 
-    async def _execute_alone(self, item: _Item, started: float) -> None:
-        loop = asyncio.get_running_loop()
+    async def _execute_alone(self, item: _Item, started: float, worker: int) -> None:
         try:
-            results, compute_s = await loop.run_in_executor(self._executor, self._call, [item])
+            results, compute_s = await self._pool.run(worker, self._call, [item])
         except Exception as exc:
             self._fail(item, exc)
             return

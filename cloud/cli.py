@@ -73,6 +73,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--grace-s", type=float, help="seconds to finish in-flight requests on SIGTERM (default 10)"
     )
     serve.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: one per core)")
+    serve.add_argument(
+        "--compute-workers",
+        type=int,
+        help="model calls run side by side (default: one per core on a CPU, 1 on a GPU)",
+    )
     return parser
 
 
@@ -89,6 +94,7 @@ def settings_from_args(args: argparse.Namespace) -> ServingSettings:
         "max_message_bytes",
         "grace_s",
         "torch_threads",
+        "compute_workers",
     )
     overrides = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
     if hasattr(args, "metrics_port"):

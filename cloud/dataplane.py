@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +30,7 @@ from fogline.codec import InferRequest, InferResponse
 from fogline.errors import FoglineError, InvalidInput, ModelNotFound
 
 from cloud.batcher import DynamicBatcher
+from cloud.compute_pool import ComputePool
 from cloud.metrics import CloudMetrics
 from cloud.settings import ServingSettings
 
@@ -132,12 +132,13 @@ class DataPlane:
         settings: ServingSettings,
         *,
         metrics: CloudMetrics | None = None,
-        executors: Mapping[str, Executor] | None = None,
+        pools: Mapping[str, ComputePool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``executors``: per model name, the thread that loaded it (its batcher runs it there)."""
+        """``pools``: per model name, the compute pool that loaded it (its batcher runs it there);
+        a model without one gets a one-worker pool of its own."""
         self.settings = settings
-        self._executors = dict(executors or {})
+        self._pools = dict(pools or {})
         self.metrics = metrics or CloudMetrics()
         self._clock = clock
         items = models.values() if isinstance(models, Mapping) else models
@@ -160,7 +161,7 @@ class DataPlane:
             max_queue_size=self.settings.max_queue_size,
             on_batch=on_batch,
             clock=self._clock,
-            executor=self._executors.get(model.name),
+            pool=self._pools.get(model.name),
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -177,6 +178,8 @@ class DataPlane:
     async def close(self) -> None:
         """Close every batcher at once (they may share one compute thread)."""
         await asyncio.gather(*(served.batcher.close() for served in self.models.values()))
+        for pool in {id(p): p for p in self._pools.values()}.values():
+            pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ health and metadata
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from cloud.compute_pool import ComputePool, torch_thread_setter
 from cloud.dataplane import DataPlane, Model
 from cloud.metrics import CloudMetrics, MetricsEndpoint
 from cloud.servicer import InferenceServicer
@@ -36,18 +36,16 @@ from cloud.settings import ServingSettings
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
-def load_models(
-    settings: ServingSettings, repo: Any, executors: dict[str, ThreadPoolExecutor] | None = None
-) -> list[Model]:
+def load_models(settings: ServingSettings, repo: Any, pools: dict[str, ComputePool] | None = None) -> list[Model]:
     """The newest version of every model in ``repo`` (a ModelRepository or a directory), loaded.
 
-    Each model is loaded and warmed up on the thread that will run it; pass ``executors`` (a dict)
-    to get those threads back (name -> executor) for the batchers. torch keeps its CPU thread pool
-    per calling thread, and two pools fight over the cores even when one is idle (measured on 2
-    cores: minilm batch-1 calls took 4.5 ms alone, 8-9 ms with digits loaded on a second thread,
-    6-7 ms when loaded on one thread and run on another). So on the CPU every model shares one
-    compute thread (models take turns, which costs nothing when each call uses every core); on a GPU
-    each model gets a thread of its own, so their kernels can overlap.
+    Each model is loaded and warmed up on the first worker of the ``ComputePool`` that will run it;
+    pass ``pools`` (a dict) to get those pools back (name -> pool) for the batchers. On the CPU every
+    model shares one pool with a worker per core: torch keeps a CPU thread team per calling thread,
+    and teams of idle threads fight busy ones for the cores (measured on 2 cores: minilm batch-1
+    calls took 4.5 ms alone, 8-9 ms with digits loaded on a second thread of its own), so the pool
+    sizes the intra-op threads to the calls in flight instead (``cloud.compute_pool``). On a GPU
+    each model gets a one-worker pool of its own, so kernels of different models can overlap.
     """
     import torch
 
@@ -64,24 +62,30 @@ def load_models(
             f"no models found in {repo.root}; build them with: fogline models build --out {repo.root}"
         )
     threads = settings.resolved_torch_threads()
+    workers = settings.resolved_compute_workers(device)
+
+    def new_pool(name: str) -> ComputePool:
+        setter = torch_thread_setter() if device == "cpu" else None
+        return ComputePool(workers, total_threads=threads, set_threads=setter, name=name)
+
     models = []
-    shared = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fogline-cpu") if device == "cpu" else None
-    made: list[ThreadPoolExecutor] = [shared] if shared else []
+    shared = new_pool("fogline-cpu") if device == "cpu" else None
+    made: list[ComputePool] = [shared] if shared else []
     try:
         for name in names:
-            executor = shared or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fogline-{name}")
-            if executor is not shared:
-                made.append(executor)
-            models.append(executor.submit(_load_one, repo.resolve(name), device, threads).result())
-            if executors is not None:
-                executors[name] = executor
+            pool = shared or new_pool(f"fogline-{name}")
+            if pool is not shared:
+                made.append(pool)
+            models.append(pool.submit_to(0, _load_one, repo.resolve(name), device, threads))
+            if pools is not None:
+                pools[name] = pool
     except BaseException:
-        for executor in made:
-            executor.shutdown(wait=False)
+        for pool in made:
+            pool.shutdown(wait=False)
         raise
-    if executors is None:
-        for executor in made:
-            executor.shutdown(wait=True)
+    if pools is None:
+        for pool in made:
+            pool.shutdown(wait=True)
     return models
 
 
@@ -170,11 +174,11 @@ def create_server(
     ``models`` (already loaded) wins over ``repo``; with neither, the repository at
     ``settings.resolved_models_dir()`` is loaded. Call from inside the event loop that will run it.
     """
-    executors: dict[str, ThreadPoolExecutor] = {}
+    pools: dict[str, ComputePool] = {}
     if models is None:
         source = repo if repo is not None else settings.resolved_models_dir()
-        models = load_models(settings, source, executors)
-    dataplane = DataPlane(models, settings, metrics=metrics, executors=executors)
+        models = load_models(settings, source, pools)
+    dataplane = DataPlane(models, settings, metrics=metrics, pools=pools)
     limit = settings.max_message_bytes
     server = grpc.aio.server(
         options=[

@@ -55,6 +55,7 @@ class ServingSettings:
     metrics_host: str = "0.0.0.0"
     grace_s: float = 10.0
     torch_threads: int | None = None  # None: one per CPU core
+    compute_workers: int | None = None  # model calls side by side; None: one per core on a CPU, 1 on a GPU
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
@@ -72,6 +73,8 @@ class ServingSettings:
             raise ConfigError(f"grace_s: expected a number of seconds >= 0, got {self.grace_s!r}")
         if self.torch_threads is not None:
             _check_int("torch_threads", self.torch_threads, low=1)
+        if self.compute_workers is not None:
+            _check_int("compute_workers", self.compute_workers, low=1)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -92,6 +95,14 @@ class ServingSettings:
 
     def resolved_torch_threads(self) -> int:
         return self.torch_threads or usable_cores()
+
+    def resolved_compute_workers(self, device: str) -> int:
+        """How many model calls may run side by side: on a CPU one per core (each call then gets
+        ``torch_threads // calls in flight`` intra-op threads, see ``cloud.compute_pool``); on a GPU 1
+        per model."""
+        if self.compute_workers is not None:
+            return self.compute_workers
+        return usable_cores() if device == "cpu" else 1
 
 
 def usable_cores() -> int:
@@ -124,6 +135,8 @@ FLEET_KEYS = (
     "max_message_bytes",
     "metrics_port",
     "grace_s",
+    "torch_threads",
+    "compute_workers",
 )
 
 
