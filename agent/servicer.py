@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import grpc
 from fogline import __version__, codec
@@ -78,15 +77,14 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:
             await _abort(context, exc)
 
-    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        # One task reads requests and starts one answer task per request; answers go through ``out`` to
-        # this generator, which writes them in the order they finish. ``_READ_DONE`` in ``out`` says
-        # the reader stopped (client done, stream broken, or a drain), after which the stream ends once
-        # every started request has been answered. Per request that is one task and one queue
-        # hand-off, nothing more: this is the streaming hot path.
-        out: asyncio.Queue[object] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-        started = 0
+    async def ModelStreamInfer(self, request_iterator, context) -> None:
+        # A reader task takes requests off the stream and starts one answer task per request; each
+        # answer task writes its own response the moment it is ready (``context.write``, one write at a
+        # time on the stream), so responses leave in the order they finish. Per request that is one
+        # task and nothing more: this is the streaming hot path. On a drain the reader stops and the
+        # requests already read are still answered before the stream ends.
+        writing = asyncio.Lock()
+        answers: set[asyncio.Task[None]] = set()
 
         async def answer(msg: pb.ModelInferRequest) -> None:
             try:
@@ -101,47 +99,36 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
                     infer_response=pb.ModelInferResponse(model_name=msg.model_name,
                                                          model_version=msg.model_version, id=msg.id),
                 )
-            out.put_nowait(reply)
+            try:
+                async with writing:
+                    await context.write(reply)
+            except Exception as exc:  # the client went away: nobody to answer
+                log.debug("stream response %r not sent: %s", msg.id, exc)
 
         async def read() -> None:
-            nonlocal started
             try:
                 async for msg in request_iterator:
                     if self.drain_event.is_set():
                         break
                     task = asyncio.create_task(answer(msg))
-                    started += 1
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    answers.add(task)
+                    task.add_done_callback(answers.discard)
             except Exception as exc:
                 log.debug("stream closed by the client: %s", exc)
 
-        async def stop_reading_on_drain() -> None:
-            await self.drain_event.wait()
-            reader.cancel()
-
         reader = asyncio.create_task(read())
-        # However the reader ends (the client is done, the stream broke, a drain cancelled it, even
-        # before it started), the answer loop hears of it.
-        reader.add_done_callback(lambda _: out.put_nowait(_READ_DONE))
-        drain = asyncio.create_task(stop_reading_on_drain())
-        reading, answered = True, 0
+        drain = asyncio.create_task(self.drain_event.wait())
         try:
-            while reading or answered < started:
-                item = await out.get()
-                if item is _READ_DONE:
-                    reading = False
-                    continue
-                answered += 1
-                yield item
+            await asyncio.wait({reader, drain}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                reader.cancel()  # draining: stop taking new requests; answer what is in flight
+                await asyncio.wait({reader})
+            while answers:
+                await asyncio.wait(set(answers))
         finally:
-            for task in (reader, drain, *tasks):
+            for task in (reader, drain, *answers):
                 if not task.done():
                     task.cancel()
-
-
-#: What the stream's reader puts into its answer queue when it stops reading.
-_READ_DONE = object()
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:

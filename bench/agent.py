@@ -55,6 +55,7 @@ from bench.agent_report import (
     FLOOR_STREAM,
     FLOOR_UNARY,
     INPROC,
+    INPROC_PACED,
     AgentSpec,
     Result,
     code_state,
@@ -186,7 +187,7 @@ async def measure(result: Result, ports: dict[str, int], plan: Plan, models_dir:
     from edge_models.repository import ModelRepository
 
     repo = ModelRepository(models_dir)
-    routes = [Route(INPROC, "inproc"), Route(FLOOR_STREAM, "stream", ports[FLOOR], check=False),
+    routes = [Route(INPROC, "inproc"), Route(INPROC_PACED, "inproc_paced"), Route(FLOOR_STREAM, "stream", ports[FLOOR], check=False),
               Route(FLOOR_UNARY, "unary", ports[FLOOR], check=False)]
     for spec in result.agents:
         routes += [Route(result.key("stream", spec), "stream", ports[spec.label]),

@@ -1,8 +1,8 @@
 """The measuring half of ``bench.agent``: inputs, timed loops over the paths, machine sampling.
 
 A ``Route`` answers a request one way: ``inproc`` (``EdgeModel.predict`` called in this process),
-``stream`` (an agent over one ``ModelStreamInfer`` stream, one request in flight) or ``unary`` (an
-agent over ``ModelInfer``). ``latency_blocks`` alternates blocks of the paths so that whatever else
+``inproc_paced`` (the same, each call after 1 ms of idling, for reference), ``stream`` (an agent over
+one ``ModelStreamInfer`` stream, one request in flight) or ``unary`` (an agent over ``ModelInfer``). ``latency_blocks`` alternates blocks of the paths so that whatever else
 the machine does hits them alike; ``throughput_agent`` / ``throughput_in_process`` run closed loops.
 
 Every agent answer is checked after its clock stops: no error, ``served_by == "edge"``, the right
@@ -23,6 +23,8 @@ import numpy as np
 
 #: agent output vs in-process output, same single-row request: they run the same ONNX session settings
 ATOL = 1e-4
+#: Idle time before each call of the ``inproc_paced`` path (about an agent round trip).
+PACE_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def check_reply(series: Series, reply: Any, expected: dict[str, np.ndarray] | No
 
 @dataclass(frozen=True)
 class Route:
-    """One way to answer a request: ``kind`` inproc / stream / unary, and the agent's port if any."""
+    """One way to answer a request: ``kind`` inproc / inproc_paced / stream / unary, and the agent's port if any."""
 
     key: str
     kind: str
@@ -140,7 +142,9 @@ async def latency_blocks(paths: list[Route], model: Any, cases: list[dict[str, n
 
         async def one(path: Route, i: int, into: Series | None) -> None:
             k = i % len(cases)
-            if path.kind == "inproc":
+            if path.kind in ("inproc", "inproc_paced"):
+                if path.kind == "inproc_paced":
+                    time.sleep(PACE_S)  # idle like a server between requests; the clock starts after
                 t0 = time.perf_counter()
                 model.predict(cases[k])
                 t1 = time.perf_counter()

@@ -26,7 +26,7 @@ def test_quick_run_answers_everything_and_writes_the_report(model_repo, tmp_path
     assert [a["queue_delay_ms"] for a in data["agents"]] == [None, 0.0]
     floor = ["gRPC floor stream (no model)", "gRPC floor unary (no model)"]
     agents = ["agent stream, defaults", "agent unary, defaults", "agent stream, delay 0 ms", "agent unary, delay 0 ms"]
-    paths = ["in-process", *floor, *agents]
+    paths = ["in-process", "in-process, 1 ms apart", *floor, *agents]
     for model in MODELS:
         latency = data["latency"][model]
         assert list(latency) == paths
