@@ -130,31 +130,8 @@ class InProcess:
         rows = [self.texts[i].encode() for i in order(len(self.texts)).take(size)]
         return np.array(rows, dtype=object)
 
-    def measure_side_by_side(self, batch: int, seconds: float, callers: int) -> tuple[int, float, list[float], list[int]]:
-        """``callers`` threads, each calling ``predict`` on ``batch`` sentences with one intra-op thread
-        (torch's thread count is a per-thread setting), for ``seconds``: the way the server's compute
-        pool runs a CPU under steady load (``cloud.compute_pool``)."""
-        import torch
-
-        def one_caller() -> list[float]:
-            torch.set_num_threads(1)
-            latencies: list[float] = []
-            start = time.perf_counter()
-            while time.perf_counter() - start < seconds or not latencies:
-                inputs = {"text": self._next(batch)}
-                t0 = time.perf_counter()
-                self.model.predict(inputs)
-                latencies.append((time.perf_counter() - t0) * 1e3)
-            return latencies
-
-        start = time.perf_counter()
-        with ThreadPoolExecutor(callers) as pool:
-            futures = [pool.submit(one_caller) for _ in range(callers)]
-            latencies = [ms for f in futures for ms in f.result()]
-        return len(latencies) * batch, time.perf_counter() - start, latencies, [batch] * len(latencies)
-
-    def measure(self, batch: int, seconds: float) -> tuple[int, float, list[float], list[int]]:
-        """Call ``predict`` on ``batch`` sentences for ``seconds``: (sentences, seconds, latencies, batches)."""
+    def _timed_calls(self, batch: int, seconds: float) -> list[float]:
+        """Call ``predict`` on ``batch`` sentences back to back for ``seconds``; each call's ms."""
         latencies: list[float] = []
         start = time.perf_counter()
         while time.perf_counter() - start < seconds or not latencies:
@@ -162,6 +139,30 @@ class InProcess:
             t0 = time.perf_counter()
             self.model.predict(inputs)
             latencies.append((time.perf_counter() - t0) * 1e3)
+        return latencies
+
+    def measure(self, batch: int, seconds: float) -> tuple[int, float, list[float], list[int]]:
+        """One caller on every core: (sentences, seconds, latencies, batches)."""
+        start = time.perf_counter()
+        latencies = self._timed_calls(batch, seconds)
+        return len(latencies) * batch, time.perf_counter() - start, latencies, [batch] * len(latencies)
+
+    def measure_side_by_side(
+        self, batch: int, seconds: float, callers: int
+    ) -> tuple[int, float, list[float], list[int]]:
+        """``callers`` threads side by side, each with one intra-op thread (torch's thread count is a
+        per-thread setting): the way the server's compute pool runs a CPU under steady load
+        (``cloud.compute_pool``)."""
+        import torch
+
+        def one_caller() -> list[float]:
+            torch.set_num_threads(1)
+            return self._timed_calls(batch, seconds)
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(callers) as pool:
+            futures = [pool.submit(one_caller) for _ in range(callers)]
+            latencies = [ms for f in futures for ms in f.result()]
         return len(latencies) * batch, time.perf_counter() - start, latencies, [batch] * len(latencies)
 
 
