@@ -223,7 +223,7 @@ class CloudLink(LinkProbes):
     def view(self, model: str) -> LinkView:
         now = self.now_ms()
         self._wanted_at = now  # the router is asking: reconnects are paced for a waiting client
-        snap = self.rtt.snapshot(now)
+        snap = self.rtt.snapshot(now, model)
         compute = self.models.compute_ms(model, now)
         outstanding = 0.0
         # Entries are kept in send order. With two or more waiting, the second oldest counts: one
@@ -255,7 +255,8 @@ class CloudLink(LinkProbes):
         else:
             usable, state = True, "ready"
         return LinkView(usable=usable, state=state, rtt_ms=snap.smoothed_ms, rtt_high_ms=snap.high_ms,
-                        rtt_recent_ms=snap.recent_max_ms, outstanding_ms=outstanding, cloud_compute_ms=compute)
+                        rtt_recent_ms=snap.recent_max_ms, rtt_typical_ms=snap.typical_ms,
+                        outstanding_ms=outstanding, cloud_compute_ms=compute)
 
     def _model_failed(self, model: str) -> None:
         if self.models.failed(model, self.now_ms()):
@@ -443,7 +444,7 @@ class CloudLink(LinkProbes):
         compute = response.parameters.get("compute_ms")
         compute_ms = float(compute) if isinstance(compute, (int, float)) and not isinstance(compute, bool) \
             else None
-        self.rtt.observe(inband_sample_ms(entry.sent_at, now, compute_ms), now, entry.sent_at)
+        self.rtt.observe(inband_sample_ms(entry.sent_at, now, compute_ms), now, entry.sent_at, entry.model)
         self.models.answered(entry.model, compute_ms, now)
         self.breaker.record_success(now)
         self.stats.answered += 1

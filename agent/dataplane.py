@@ -9,7 +9,8 @@
    cloud: send it over the cloud link and wait, at most until ``edge_start_by_ms`` (the last moment
    the edge can still make the deadline). If the cloud answers in time, that answer is returned. If it
    fails (stream broken, cloud error) the edge runs at once; if it is late the edge starts and the
-   first of the two answers wins. Either way the client gets an answer, marked ``fallback=true`` when
+   first of the two answers wins (an early edge answer of a deadline backup waits for the cloud's
+   until ``edge_hold_until_ms``). Either way the client gets an answer, marked ``fallback=true`` when
    the edge stood in;
 4. every response carries ``served_by``, ``route_reason``, ``fallback`` and ``model_version``.
 
@@ -180,9 +181,16 @@ class DataPlane:
             if runner is None:
                 raise Unavailable(f"the cloud failed ({cloud_error}) and the model is not served on this device")
             return await self._run_edge(request, runner, "cloud_error", True)
-        # The cloud is late: start the edge now, and take whichever answer comes first.
+        # The cloud is late: start the edge now, and take whichever answer comes first (but see the hold).
         edge_task = asyncio.ensure_future(self._run_edge(request, runner, "cloud_late", True))
         done, _ = await asyncio.wait({future, edge_task}, return_when=asyncio.FIRST_COMPLETED)
+        hold_until = decision.edge_hold_until_ms
+        if hold_until is not None and future not in done and edge_task.exception() is None:
+            # The backup is ready early: the cloud's answer, if it still comes in time, is the better one.
+            remaining = hold_until / 1000.0 - (self._clock() - started)
+            if remaining > 0:
+                await asyncio.wait({future}, timeout=remaining)
+                done = {edge_task, future} if future.done() else {edge_task}
         hedged = decision.reason.endswith("+hedge")
         if future in done and future.exception() is None and _complete(future.result(), request, runner):
             edge_task.cancel()  # a queued edge job is dropped unrun; a running one finishes unheard

@@ -3,8 +3,15 @@
 ``decide(policy, observation, request)`` reads a frozen snapshot of what the agent observed (the cloud
 link's health and round-trip time, the edge's queue and service-time estimates, the router's memory of
 its previous preference) and returns a ``Decision``: the tier to send the request to, a short reason
-that travels back to the client as ``route_reason``, the latest moment the edge must start to still make
-the deadline (the data plane's fallback timer), and the router's next memory.
+that travels back to the client as ``route_reason``, when the edge backup of a cloud request starts and
+until when its answer waits for the cloud's (the data plane's fallback timer, ``backup_start_ms`` and
+``backup_hold_until_ms``), and the router's next memory.
+
+The round trip the router believes in is ``LinkView.effective_rtt_ms``: the lowest of the moving
+average, the last few samples and the typical (median) round trip of the last second, but never less
+than what calls still waiting prove. A delay spike thus holds requests at the edge only while calls
+are stuck in it; a lasting slow-down keeps them there through the waiting calls and, after a second
+or so, through every view of the samples.
 
 Policies
 - ``edge_only`` / ``cloud_only``: always that tier (``cloud_only`` still answers from the edge, marked
@@ -62,6 +69,14 @@ class RoutingPolicy:
     cascade_thresholds: tuple[tuple[str, float], ...] = ()
     #: Allowance for scheduling jitter added to every prediction (event loop, thread hand-off).
     margin_ms: float = 5.0
+    #: The end of a deadline the edge backup of a cloud request leaves free: what the agent cannot see
+    #: of a request's time (the answer's trip back to the client, a timer that fires late). An edge
+    #: answer ready earlier is held until ``deadline - backup_margin_ms`` in case the cloud's comes.
+    backup_margin_ms: float = 10.0
+    #: The edge backup budgets its own run at this many times the edge's slow-run time (the work queued
+    #: ahead once): a backup often runs cold, or next to the other requests the same network event
+    #: made late. Starting early costs an edge run, not the cloud's answer (see ``backup_margin_ms``).
+    backup_budget_factor: float = 2.0
     #: Overload: this many requests waiting or running for the model (None: no limit) ...
     max_queue_depth: int | None = None
     #: ... or host CPU use at least this (0..1; None: ignore the CPU) sends work to a healthy cloud.
@@ -71,6 +86,10 @@ class RoutingPolicy:
         object.__setattr__(self, "policy", Policy(self.policy))
         if self.slo_ms <= 0:
             raise ValueError(f"slo_ms must be positive, got {self.slo_ms}")
+        if self.backup_margin_ms < 0:
+            raise ValueError(f"backup_margin_ms must not be negative, got {self.backup_margin_ms}")
+        if self.backup_budget_factor < 1:
+            raise ValueError(f"backup_budget_factor must be at least 1, got {self.backup_budget_factor}")
         if self.rtt_recover_ms > self.rtt_threshold_ms:
             raise ValueError(
                 f"rtt_recover_ms ({self.rtt_recover_ms}) must not exceed rtt_threshold_ms "
@@ -93,7 +112,8 @@ class RoutingPolicy:
             percent = getattr(load, "cpu_high_percent", None)
             if percent is not None:
                 fields["cpu_high"] = float(percent) / 100.0
-        for name in ("policy", "slo_ms", "rtt_threshold_ms", "rtt_recover_ms", "hedge_delay_ms", "margin_ms"):
+        for name in ("policy", "slo_ms", "rtt_threshold_ms", "rtt_recover_ms", "hedge_delay_ms", "margin_ms",
+                     "backup_margin_ms", "backup_budget_factor"):
             value = getattr(routing, name, None)
             if value is not None:
                 fields[name] = getattr(value, "value", value)
@@ -124,6 +144,10 @@ class LinkView:
     #: The largest of the last few samples (ms): when even that is low, the network is good now,
     #: whatever the slower moving average still remembers.
     rtt_recent_ms: float | None = None
+    #: The median round trip of the last second or so, for this request's model (ms; None: too few
+    #: samples). One delay spike, whose few slow samples still weigh on the moving average and the
+    #: recent samples, leaves it where it was: once the link answers again, the spike is over.
+    rtt_typical_ms: float | None = None
     #: How long cloud calls have been waiting, minus expected compute (ms): the RTT is at least this.
     #: It reacts to a sudden slowdown long before the slow answers come back.
     outstanding_ms: float = 0.0
@@ -132,12 +156,17 @@ class LinkView:
 
     @property
     def effective_rtt_ms(self) -> float | None:
-        """The round trip the router believes in: the moving average, or the recent samples when they
-        all sit lower (a recovery shows within a few probes), but never less than what calls still
-        waiting already prove."""
+        """The round trip the router believes in: the lowest of the moving average, the recent samples
+        (a recovery shows within a few probes) and the typical (median) round trip (a lone delay spike
+        passes as soon as the link answers again), but never less than what calls still waiting
+        already prove. The last term is what keeps a lasting slow-down honest: while it is younger than
+        the typical window, probes and requests sent into it are out, and their waiting counts."""
         if self.rtt_ms is None:
             return None
-        current = self.rtt_ms if self.rtt_recent_ms is None else min(self.rtt_ms, self.rtt_recent_ms)
+        current = self.rtt_ms
+        for view in (self.rtt_recent_ms, self.rtt_typical_ms):
+            if view is not None:
+                current = min(current, view)
         return max(current, self.outstanding_ms)
 
 
@@ -169,11 +198,15 @@ class EdgeView:
         return (ahead + 1.0) * self.service_ms
 
     @property
+    def run_high_ms(self) -> float:
+        """One slow run: the high percentile of the service time (never below the expected one)."""
+        return self.service_ms if self.service_high_ms is None else max(self.service_ms, self.service_high_ms)
+
+    @property
     def predicted_high_ms(self) -> float:
         """Like ``predicted_ms`` with the slow-run service time: the edge backup's budget."""
         ahead = self.queue_depth / max(1, self.workers)
-        high = self.service_ms if self.service_high_ms is None else max(self.service_ms, self.service_high_ms)
-        return (ahead + 1.0) * high + self.scheduling_ms
+        return (ahead + 1.0) * self.run_high_ms + self.scheduling_ms
 
 
 @dataclass(frozen=True)
@@ -209,6 +242,9 @@ class Decision:
     #: For a cloud decision: start the edge after this many ms if no cloud answer is back (the last
     #: moment the edge still makes the deadline, or the hedge delay). None: only on cloud failure.
     edge_start_by_ms: float | None = None
+    #: For a deadline backup: an edge answer ready before this many ms waits until then for the
+    #: cloud's (which still wins if it comes). None: the first answer wins at once (hedging).
+    edge_hold_until_ms: float | None = None
     #: For a cascade: escalate to the cloud when the edge's confidence is under this.
     escalate_below: float | None = None
     predicted_edge_ms: float | None = None
@@ -253,15 +289,33 @@ def _edge(reason: str, obs: Observation, memory: RouterMemory, policy: RoutingPo
     )
 
 
+def backup_hold_until_ms(policy: RoutingPolicy, deadline_ms: float) -> float:
+    """Until when (ms after the request arrived) an edge backup's answer waits for the cloud's: the
+    deadline less ``backup_margin_ms``, the part of the request's time the agent does not see."""
+    return max(0.0, deadline_ms - policy.backup_margin_ms)
+
+
+def backup_start_ms(policy: RoutingPolicy, edge: EdgeView, deadline_ms: float) -> float:
+    """When (ms after the request arrived) the edge backup of a cloud request starts if the cloud has
+    not answered: early enough that a slow edge run plus ``margin_ms`` ends by ``backup_hold_until_ms``.
+    A slow run is ``EdgeView.predicted_high_ms`` (the high percentile of the service time for this run
+    and the work queued ahead, plus the event loop's lateness) with this run counted
+    ``backup_budget_factor`` times. 0 (at once) when that does not fit. A backup that finishes early
+    costs nothing but its run: its answer is held for the cloud's."""
+    extra = (policy.backup_budget_factor - 1.0) * edge.run_high_ms
+    budget = edge.predicted_high_ms + extra + policy.margin_ms
+    return max(0.0, backup_hold_until_ms(policy, deadline_ms) - budget)
+
+
 def _cloud(reason: str, obs: Observation, req: RequestView, memory: RouterMemory, policy: RoutingPolicy):
     edge_ms = predicted_edge_ms(policy, obs.edge)
-    backup_ms = obs.edge.predicted_high_ms + policy.margin_ms
-    start_by = max(0.0, req.deadline_ms - backup_ms) if obs.edge.available else None
+    available = obs.edge.available
     return Decision(
         Tier.CLOUD,
         reason,
         memory,
-        edge_start_by_ms=start_by,
+        edge_start_by_ms=backup_start_ms(policy, obs.edge, req.deadline_ms) if available else None,
+        edge_hold_until_ms=backup_hold_until_ms(policy, req.deadline_ms) if available else None,
         predicted_edge_ms=edge_ms,
         predicted_cloud_ms=predicted_cloud_ms(policy, obs.link),
     )
@@ -354,7 +408,7 @@ def _hedged(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: R
         delay = obs.link.rtt_high_ms + obs.link.cloud_compute_ms
     if delay is None:
         return decision
-    return replace(decision, edge_start_by_ms=min(decision.edge_start_by_ms, delay),
+    return replace(decision, edge_start_by_ms=min(decision.edge_start_by_ms, delay), edge_hold_until_ms=None,
                    reason=decision.reason + "+hedge")
 
 
@@ -400,7 +454,8 @@ def decide(policy: RoutingPolicy, obs: Observation, req: RequestView) -> Decisio
     if req.route == Tier.CLOUD.value:
         if obs.link.usable or not obs.edge.available:
             # Honoured as asked: wait for the cloud's answer; the edge steps in only if the cloud fails.
-            return replace(_cloud("requested_cloud", obs, req, memory, policy), edge_start_by_ms=None)
+            return replace(_cloud("requested_cloud", obs, req, memory, policy), edge_start_by_ms=None,
+                           edge_hold_until_ms=None)
         return _edge(_link_unusable_reason(obs.link), obs, memory, policy, fallback=True)
     if req.route != "auto":
         raise ValueError(f"route must be auto, edge or cloud, got {req.route!r}")

@@ -13,7 +13,15 @@ The estimator keeps two views of the samples:
 - ``smoothed_ms``: an exponentially weighted moving average (like TCP's SRTT), which the router uses for
   its hysteresis and its deadline predictions;
 - ``high_ms``: a high percentile (p95 by default) over a recent time window, which shows the tail a
-  smoothed value hides (jitter); policies such as hedging can use it to time a second request.
+  smoothed value hides (jitter); policies such as hedging can use it to time a second request;
+- ``typical_ms(model)``: the median of the samples sent within ``typical_window_ms`` before the freshest
+  one, for one model (its in-band samples plus the probes). A delay spike stalls the link for a moment
+  and the few calls caught in it come back together, all slow; the moving average and the last
+  samples remember them, but they are a minority of the window, so the median ignores them and the
+  router can trust the link again as soon as the spike has passed. A lasting slow-down fills the window
+  within about a second (until then the calls still waiting keep the router's estimate high, see
+  ``agent.router.LinkView``). Per model, because the network part of a round trip grows with the
+  payload: under a bandwidth cap a model with large answers is slow on a link that suits a small one.
 
 Everything takes the current time as an argument (milliseconds on any monotonic clock), so tests drive
 it with a fake clock.
@@ -49,6 +57,8 @@ class RttSnapshot:
     recent_max_ms: float | None
     samples: int
     age_ms: float | None  # time since the latest sample
+    #: The median of the recent samples for the model asked about (``RttEstimator.typical_ms``).
+    typical_ms: float | None = None
 
 
 class RttEstimator:
@@ -66,6 +76,8 @@ class RttEstimator:
         percentile: float = 95.0,
         max_samples: int = 256,
         recent: int = 3,
+        typical_window_ms: float = 1000.0,
+        typical_min_samples: int = 3,
     ) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
@@ -75,6 +87,15 @@ class RttEstimator:
             raise ValueError(f"percentile must be in (0, 100], got {percentile}")
         if max_samples < 1:
             raise ValueError(f"max_samples must be at least 1, got {max_samples}")
+        if typical_window_ms <= 0:
+            raise ValueError(f"typical_window_ms must be positive, got {typical_window_ms}")
+        if typical_min_samples < 1:
+            raise ValueError(f"typical_min_samples must be at least 1, got {typical_min_samples}")
+        self.typical_window_ms = typical_window_ms
+        self.typical_min_samples = typical_min_samples
+        #: ``(sent_at, sample, model)`` of recent samples (model None: a probe, which counts for every
+        #: model), in arrival order; ``typical_ms`` reads those sent shortly before the freshest one.
+        self._typical: deque[tuple[float, float, str | None]] = deque(maxlen=max_samples)
         self.alpha = alpha
         self.window_ms = window_ms
         self.percentile = percentile
@@ -87,13 +108,17 @@ class RttEstimator:
         self._last_at: float | None = None
         self._count = 0
 
-    def observe(self, sample_ms: float, now_ms: float, sent_at_ms: float | None = None) -> None:
+    def observe(self, sample_ms: float, now_ms: float, sent_at_ms: float | None = None,
+                model: str | None = None) -> None:
         """Add one round-trip sample taken at ``now_ms``. Negative or non-finite samples are refused.
 
         ``sent_at_ms`` is when the measured call left (default: ``now_ms - sample_ms``). A sample whose
         call left before the freshest one already measured is stale: it describes the network as it
         was earlier (a probe sent into a slow link coming back after the link recovered), so it feeds
-        the average and the percentile window but not the recent samples that show a recovery."""
+        the average and the percentile window but not the recent samples that show a recovery.
+
+        ``model``: the model of the request an in-band sample measured (None for a probe); it selects
+        the samples ``typical_ms`` reads."""
         if not math.isfinite(sample_ms) or sample_ms < 0:
             raise ValueError(f"an RTT sample must be a finite, non-negative number of ms, got {sample_ms}")
         if self._smoothed is None:
@@ -108,6 +133,7 @@ class RttEstimator:
         self._last_at = now_ms
         self._count += 1
         self._window.append((now_ms, sample_ms))
+        self._typical.append((sent, sample_ms, model))
 
     def restart(self) -> None:
         """Forget the moving average (the next sample seeds it); the percentile window stays.
@@ -117,6 +143,7 @@ class RttEstimator:
         """
         self._smoothed = None
         self._recent.clear()
+        self._typical.clear()
         self._fresh_sent = None
 
     @property
@@ -145,8 +172,29 @@ class RttEstimator:
         rank = max(1, math.ceil(self.percentile / 100.0 * len(values)))
         return values[rank - 1]
 
-    def snapshot(self, now_ms: float) -> RttSnapshot:
-        """Everything the router and the metrics need, in one immutable value."""
+    def typical_ms(self, model: str | None = None) -> float | None:
+        """The median of the samples sent within ``typical_window_ms`` before the freshest measured call,
+        counting the probes and ``model``'s own in-band samples (every sample when ``model`` is None);
+        None while fewer than ``typical_min_samples`` qualify (or since ``restart``).
+
+        The window is anchored at the freshest send, not at the clock: while the link is stalled and
+        nothing comes back, the calls still waiting are the evidence (the router reads them), and the
+        median keeps describing the link as it was when it last answered."""
+        if self._fresh_sent is None:
+            return None
+        since = self._fresh_sent - self.typical_window_ms
+        while self._typical and self._typical[0][0] < since:
+            self._typical.popleft()  # out of the window for good: the freshest send only moves on
+        values = sorted(sample for sent, sample, key in self._typical
+                        if sent >= since and (model is None or key is None or key == model))
+        if len(values) < self.typical_min_samples:
+            return None
+        middle = len(values) // 2
+        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2.0
+
+    def snapshot(self, now_ms: float, model: str | None = None) -> RttSnapshot:
+        """Everything the router and the metrics need, in one immutable value (``typical_ms`` for
+        ``model``)."""
         return RttSnapshot(
             smoothed_ms=self._smoothed,
             high_ms=self.high_ms(now_ms),
@@ -154,4 +202,5 @@ class RttEstimator:
             recent_max_ms=max(sample for _, sample in self._recent) if self._recent else None,
             samples=self._count,
             age_ms=None if self._last_at is None else max(0.0, now_ms - self._last_at),
+            typical_ms=self.typical_ms(model),
         )
