@@ -14,14 +14,15 @@ The estimator keeps two views of the samples:
   its hysteresis and its deadline predictions;
 - ``high_ms``: a high percentile (p95 by default) over a recent time window, which shows the tail a
   smoothed value hides (jitter); policies such as hedging can use it to time a second request;
-- ``typical_ms(model)``: the median of the samples sent within ``typical_window_ms`` before the freshest
-  one, for one model (its in-band samples plus the probes). A delay spike stalls the link for a moment
+- ``typical_ms(model)``: the median of one model's in-band samples sent within ``typical_window_ms``
+  before the freshest sample. A delay spike stalls the link for a moment
   and the few calls caught in it come back together, all slow; the moving average and the last
   samples remember them, but they are a minority of the window, so the median ignores them and the
   router can trust the link again as soon as the spike has passed. A lasting slow-down fills the window
   within about a second (until then the calls still waiting keep the router's estimate high, see
-  ``agent.router.LinkView``). Per model, because the network part of a round trip grows with the
-  payload: under a bandwidth cap a model with large answers is slow on a link that suits a small one.
+  ``agent.router.LinkView``). Per model, and without the probes, because the network part of a round
+  trip grows with the payload: under a bandwidth cap a model with large answers is slow on a link that
+  suits a small one (or a probe).
 
 Everything takes the current time as an argument (milliseconds on any monotonic clock), so tests drive
 it with a fake clock.
@@ -93,8 +94,8 @@ class RttEstimator:
             raise ValueError(f"typical_min_samples must be at least 1, got {typical_min_samples}")
         self.typical_window_ms = typical_window_ms
         self.typical_min_samples = typical_min_samples
-        #: ``(sent_at, sample, model)`` of recent samples (model None: a probe, which counts for every
-        #: model), in arrival order; ``typical_ms`` reads those sent shortly before the freshest one.
+        #: ``(sent_at, sample, model)`` of recent samples (model None: a probe), in arrival order;
+        #: ``typical_ms`` reads those sent shortly before the freshest one.
         self._typical: deque[tuple[float, float, str | None]] = deque(maxlen=max_samples)
         self.alpha = alpha
         self.window_ms = window_ms
@@ -173,9 +174,9 @@ class RttEstimator:
         return values[rank - 1]
 
     def typical_ms(self, model: str | None = None) -> float | None:
-        """The median of the samples sent within ``typical_window_ms`` before the freshest measured call,
-        counting the probes and ``model``'s own in-band samples (every sample when ``model`` is None);
-        None while fewer than ``typical_min_samples`` qualify (or since ``restart``).
+        """The median of ``model``'s in-band samples (every sample, probes included, when ``model`` is
+        None) sent within ``typical_window_ms`` before the freshest measured call; None while fewer than
+        ``typical_min_samples`` qualify (or since ``restart``).
 
         The window is anchored at the freshest send, not at the clock: while the link is stalled and
         nothing comes back, the calls still waiting are the evidence (the router reads them), and the
@@ -186,7 +187,7 @@ class RttEstimator:
         while self._typical and self._typical[0][0] < since:
             self._typical.popleft()  # out of the window for good: the freshest send only moves on
         values = sorted(sample for sent, sample, key in self._typical
-                        if sent >= since and (model is None or key is None or key == model))
+                        if sent >= since and (model is None or key == model))
         if len(values) < self.typical_min_samples:
             return None
         middle = len(values) // 2

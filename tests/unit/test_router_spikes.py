@@ -191,21 +191,23 @@ def test_backup_settings_are_validated():
 # --------------------------------------------------------------------------- the typical round trip
 
 
-def test_typical_is_the_median_of_the_models_samples_and_the_probes():
+def test_typical_is_the_median_of_the_models_own_samples():
     est = RttEstimator(typical_window_ms=1000.0, typical_min_samples=3)
     assert est.typical_ms("a") is None
     est.observe(30.0, now_ms=130.0, sent_at_ms=100.0, model="a")
     est.observe(120.0, now_ms=320.0, sent_at_ms=200.0, model="b")  # a large answer on a narrow link
-    est.observe(20.0, now_ms=320.0, sent_at_ms=300.0)  # a probe counts for every model
-    assert est.typical_ms("a") is None  # two samples of its own kind: too few
+    est.observe(20.0, now_ms=320.0, sent_at_ms=300.0)  # a probe: small, so it says little about "b"
     est.observe(40.0, now_ms=440.0, sent_at_ms=400.0, model="a")
-    assert est.typical_ms("a") == 30.0  # 20, 30, 40
+    assert est.typical_ms("a") is None  # two samples of its own: too few
+    est.observe(50.0, now_ms=560.0, sent_at_ms=510.0, model="a")
+    assert est.typical_ms("a") == 40.0  # 30, 40, 50
     est.observe(130.0, now_ms=630.0, sent_at_ms=500.0, model="b")
-    assert est.typical_ms("b") == 120.0  # 20, 120, 130: "b"'s answers are slow, "a"'s are not
-    assert est.typical_ms() == 40.0  # every sample: 20, 30, 40, 120, 130
-    est.observe(50.0, now_ms=700.0, sent_at_ms=650.0, model="a")
-    assert est.typical_ms() == 45.0  # an even count: the mean of the middle two (40, 50)
-    assert est.snapshot(700.0, "a").typical_ms == 35.0  # 20, 30, 40, 50
+    est.observe(110.0, now_ms=650.0, sent_at_ms=520.0, model="b")
+    assert est.typical_ms("b") == 120.0  # "b"'s answers are slow, "a"'s are not
+    assert est.typical_ms() == 50.0  # every sample, probes too: 20 30 40 50 110 120 130
+    est.observe(60.0, now_ms=700.0, sent_at_ms=640.0, model="a")
+    assert est.typical_ms("a") == 45.0  # an even count: the mean of the middle two (40, 50)
+    assert est.snapshot(700.0, "a").typical_ms == 45.0
 
 
 def test_a_burst_of_slow_samples_is_outvoted_a_lasting_change_is_not():
