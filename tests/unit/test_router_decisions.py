@@ -41,10 +41,10 @@ def req(deadline=100.0, route="auto"):
 def test_good_link_prefers_cloud_with_an_edge_backup_timer():
     d = decide(LA, obs(rtt=20), req(deadline=100))
     assert d.tier is Tier.CLOUD and d.reason == "rtt_ok" and not d.fallback
-    # The edge answers by 90 ms (100 less the 10 ms backup margin) even if its run takes twice the
-    # 10 ms expected (+ 5 ms margin): start by 65 ms, and hold an early answer until 90 ms.
-    assert d.edge_start_by_ms == pytest.approx(65.0)
-    assert d.edge_hold_until_ms == pytest.approx(90.0)
+    # The edge answers by 85 ms (100 less the 15 ms backup margin) even if its run takes twice the
+    # 10 ms expected (+ 5 ms margin): start by 60 ms, and hold an early answer until 85 ms.
+    assert d.edge_start_by_ms == pytest.approx(60.0)
+    assert d.edge_hold_until_ms == pytest.approx(85.0)
     assert d.predicted_cloud_ms == pytest.approx(25.0)
 
 
@@ -146,8 +146,8 @@ def test_edge_only_and_cloud_only():
 
 def test_edge_backup_timer_accounts_for_queue():
     d = decide(LA, obs(rtt=10, queue=3, service=10), req(deadline=100))
-    # 3 ahead + this one = 40 ms of edge work, this run budgeted twice (+10), + 5 ms margin, done by 90.
-    assert d.tier is Tier.CLOUD and d.edge_start_by_ms == pytest.approx(35.0)
+    # 3 ahead + this one = 40 ms of edge work, this run budgeted twice (+10), + 5 ms margin, done by 85.
+    assert d.tier is Tier.CLOUD and d.edge_start_by_ms == pytest.approx(30.0)
 
 
 def test_edge_backup_timer_never_negative():
@@ -201,7 +201,7 @@ def test_backup_timer_budgets_for_slow_edge_runs():
     o = obs(rtt=10, service=10)
     slow_tail = Observation(o.link, EdgeView(service_ms=10, service_high_ms=30), o.memory)
     d = decide(LA, slow_tail, req(deadline=100))
-    assert d.tier is Tier.CLOUD and d.edge_start_by_ms == pytest.approx(25.0)  # 100 - 10 - 2 x 30 - 5
+    assert d.tier is Tier.CLOUD and d.edge_start_by_ms == pytest.approx(20.0)  # 100 - 15 - 2 x 30 - 5
 
 
 def test_recent_low_samples_recover_before_the_average_does():

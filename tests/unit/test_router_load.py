@@ -46,8 +46,8 @@ def test_deep_queue_offloads_to_a_healthy_cloud():
     d = decide(POLICY, observe(queue=4, cpu=0.3), req())
     assert d.tier is Tier.CLOUD and d.reason == "queue_deep"
     # The edge can still make it (4 ahead x 5 ms, this run budgeted twice): its backup starts at the
-    # last safe moment before the 10 ms backup margin.
-    assert d.edge_start_by_ms == pytest.approx(200 - 10 - 25 - 5 - 5)
+    # last safe moment before the 15 ms backup margin.
+    assert d.edge_start_by_ms == pytest.approx(200 - 15 - 25 - 5 - 5)
 
 
 def test_high_cpu_offloads_to_a_healthy_cloud():
