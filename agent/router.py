@@ -26,7 +26,7 @@ Policies
   queued ahead, a request never waits behind work that makes it miss its deadline when the cloud
   could make it (``edge_busy``).
 - ``hedged``: like ``latency_aware``, but when the cloud is chosen the edge starts as well after
-  ``hedge_delay_ms`` and the first answer wins.
+  ``hedge_delay_ms`` (when that comes before the deadline backup would start) and the first answer wins.
 - ``cascade``: the edge answers first; a classifier answer whose confidence is under
   ``cascade_threshold`` is escalated to the cloud when the deadline leaves room for it.
 
@@ -408,10 +408,11 @@ def _hedged(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: R
     delay = policy.hedge_delay_ms
     if delay is None and obs.link.rtt_high_ms is not None:
         delay = obs.link.rtt_high_ms + obs.link.cloud_compute_ms
-    if delay is None:
+    if delay is None or delay >= decision.edge_start_by_ms:
+        # The deadline backup starts first anyway: it runs as for latency_aware (its early answer is
+        # held for the cloud's), no race.
         return decision
-    return replace(decision, edge_start_by_ms=min(decision.edge_start_by_ms, delay), edge_hold_until_ms=None,
-                   reason=decision.reason + "+hedge")
+    return replace(decision, edge_start_by_ms=delay, edge_hold_until_ms=None, reason=decision.reason + "+hedge")
 
 
 def _cascade(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory) -> Decision:

@@ -174,9 +174,15 @@ def test_hold_applies_to_deadline_backups_only():
     assert la.tier is Tier.CLOUD and la.edge_hold_until_ms == 85.0
     cloud_only = decide(replace(LA, policy=Policy.CLOUD_ONLY), obs, RequestView(model="m", deadline_ms=100.0))
     assert cloud_only.edge_hold_until_ms == 85.0
-    # Hedging races the edge against the cloud's tail: the first answer wins at once.
+    # Hedging races the edge against the cloud's tail (here 40 ms): the first answer wins at once...
     hedged = decide(replace(LA, policy=Policy.HEDGED), obs, RequestView(model="m", deadline_ms=100.0))
     assert hedged.reason.endswith("+hedge") and hedged.edge_hold_until_ms is None
+    assert hedged.edge_start_by_ms == 40.0
+    # ...unless the deadline backup would start first anyway (a tail of 90 ms): then no race.
+    slow_tail = Observation(replace(link, rtt_high_ms=90.0), EDGE, obs.memory)
+    backup = decide(replace(LA, policy=Policy.HEDGED), slow_tail, RequestView(model="m", deadline_ms=100.0))
+    assert backup.reason == "rtt_ok" and backup.edge_hold_until_ms == 85.0
+    assert backup.edge_start_by_ms == la.edge_start_by_ms
     asked = decide(LA, obs, RequestView(model="m", route="cloud", deadline_ms=100.0))
     assert asked.edge_start_by_ms is None and asked.edge_hold_until_ms is None
 
