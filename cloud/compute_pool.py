@@ -7,14 +7,19 @@ several calls can run side by side on one core each. Which is faster depends on 
   threads, ~10 ms with 1);
 - under a steady stream of batches, calls side by side on one core each get far more done: intra-op
   threads meet at a barrier after every operator, so whenever the event loop (or anything else)
-  takes a core for a moment, the other thread waits for it. On the 2-core development machine two
-  single-threaded minilm batch-8 calls side by side did 1.9x the work of one call on both cores.
+  takes a core for a moment, the other thread waits for it. Two single-threaded minilm batch-8
+  calls side by side did 7% more work than one call on both cores on two quiet cores, 1.9x more on
+  the busy 2-core development machine; served at concurrency 32, +21% (bench/results/cloud-cpu-pinned.md).
 
-So ``ComputePool`` has ``workers`` threads (one per core on a CPU) and, before each call starts,
-sizes the intra-op thread count to the calls in flight: ``total_threads // in_flight`` (at least 1).
-A lone call gets every core; a call starting while another runs gets one core (torch's setting
-belongs to the calling thread: the running call keeps its threads until it ends, so for that
-moment the cores are oversubscribed; under steady load every call runs on one core).
+So ``ComputePool`` has ``workers`` threads (one per core on a CPU). Worker 0 is handed out first
+and, before each call, sizes its intra-op threads to the calls in flight (``total_threads //
+in_flight``): a lone call gets every core. Every other worker always uses one thread (it is only
+handed out while worker 0 is busy, or to a waiter at the moment it frees up). (torch's setting belongs to the calling thread, and each calling thread that ever
+uses several threads keeps a team of its own; with two teams in the process, libgomp stops spinning
+for work and every operator pays a wake-up: a lone minilm call took ~19 ms instead of ~9 ms after the
+second worker had once run with two threads. So only worker 0 ever has a team.) A call that starts
+alone keeps its threads until it ends, so while a second call joins it the cores are briefly
+oversubscribed; under steady load every call runs on one core.
 
 Batchers ask for a worker with ``acquire()`` *before* they form a batch, so while every worker is
 busy requests keep gathering in the queue; a free worker takes them all at once. Waiters are served
@@ -101,7 +106,8 @@ class ComputePool:
         Submitting is synchronous on purpose: a batcher that has just taken a batch hands it to the
         thread before anything else on the event loop runs."""
         self.in_flight += 1
-        threads = max(1, self.total_threads // self.in_flight)
+        # Only worker 0 ever uses several threads (see the module docstring).
+        threads = max(1, self.total_threads // self.in_flight) if worker == 0 else 1
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executors[worker], self._call, worker, threads, fn, args)
         future.add_done_callback(self._one_less)
