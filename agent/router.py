@@ -14,8 +14,9 @@ are stuck in it; a lasting slow-down keeps them there through the waiting calls 
 or so, through every view of the samples.
 
 Policies
-- ``edge_only`` / ``cloud_only``: always that tier (``cloud_only`` still answers from the edge, marked
-  ``fallback``, while the link is down: a request is never dropped).
+- ``edge_only`` / ``cloud_only``: always that tier (``cloud_only`` waits for the cloud's answer even
+  past the deadline, and answers from the edge, marked ``fallback``, only when the cloud call fails
+  or the link is down: a request is never dropped).
 - ``latency_aware``: prefer the cloud's full model while the measured RTT is under ``rtt_threshold_ms``;
   above it, stop preferring it; prefer it again only once the RTT is back under ``rtt_recover_ms``
   (hysteresis, so a link hovering at the threshold does not flap). Whatever the preference, never pick
@@ -361,7 +362,10 @@ def _edge_only(policy: RoutingPolicy, obs: Observation, req: RequestView, memory
 
 def _cloud_only(policy: RoutingPolicy, obs: Observation, req: RequestView, memory: RouterMemory) -> Decision:
     if obs.link.usable or not obs.edge.available:
-        return _cloud("policy_cloud_only", obs, req, memory, policy)
+        # Always the cloud's answer, even a late one: no deadline backup (the edge answers only when
+        # the cloud call fails or the link is down, so a request is still never dropped).
+        return replace(_cloud("policy_cloud_only", obs, req, memory, policy),
+                       edge_start_by_ms=None, edge_hold_until_ms=None)
     return _edge(_link_unusable_reason(obs.link), obs, memory, policy, fallback=True)
 
 

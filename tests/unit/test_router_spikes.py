@@ -173,7 +173,9 @@ def test_hold_applies_to_deadline_backups_only():
     la = decide(LA, obs, RequestView(model="m", deadline_ms=100.0))
     assert la.tier is Tier.CLOUD and la.edge_hold_until_ms == 85.0
     cloud_only = decide(replace(LA, policy=Policy.CLOUD_ONLY), obs, RequestView(model="m", deadline_ms=100.0))
-    assert cloud_only.edge_hold_until_ms == 85.0
+    # cloud_only has no deadline backup at all: it waits for the cloud (the edge only on failure).
+    assert cloud_only.tier is Tier.CLOUD
+    assert cloud_only.edge_start_by_ms is None and cloud_only.edge_hold_until_ms is None
     # Hedging races the edge against the cloud's tail (here 40 ms): the first answer wins at once...
     hedged = decide(replace(LA, policy=Policy.HEDGED), obs, RequestView(model="m", deadline_ms=100.0))
     assert hedged.reason.endswith("+hedge") and hedged.edge_hold_until_ms is None
