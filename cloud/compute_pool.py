@@ -94,10 +94,6 @@ class ComputePool:
     def _take_free(self) -> int:
         return self._free.pop(0)
 
-    @property
-    def idle(self) -> bool:
-        return len(self._free) == self.workers
-
     # ------------------------------------------------------------------ calls
 
     def start(self, worker: int, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:

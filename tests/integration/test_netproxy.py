@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from bench.netproxy import BackgroundNetProxy, NetProxy
+from bench.netproxy import BackgroundNetProxy, NetConditions, NetProxy
 
 pytestmark = pytest.mark.integration
 
@@ -258,3 +258,39 @@ def test_background_proxy_serves_a_synchronous_grpc_client():
             assert proxy.describe()["connections_total"] >= 2
     finally:
         server.stop(None)
+
+
+def test_the_proxy_in_timeline_mode_delays_real_bytes_by_d_of_t():
+    """A step from 150 ms to 5 ms one way: an echo sent 50 ms after it still waits for the drain."""
+
+    async def body():
+        server = await _echo_server()
+        proxy = NetProxy(target_host="127.0.0.1", target_port=server.sockets[0].getsockname()[1], seed=3,
+                         timeline=True)
+        await proxy.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            with pytest.raises(ValueError, match="jitter_slot_ms"):
+                proxy.set_conditions(delay_ms=5, jitter_ms=3)  # refused in timeline mode...
+            assert proxy.conditions == NetConditions()  # ...and nothing changed
+            proxy.set_conditions(delay_ms=150)
+            proxy.set_conditions(delay_ms=5)
+            step = proxy.applied_at
+            await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            writer.write(b"x")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readexactly(1), 5) == b"x"
+            took = (time.monotonic() - t0) * 1000
+            expected = proxy.timeline.round_trip_ms(t0) if proxy.timeline else 0
+            assert expected == pytest.approx((step + 0.15 - t0) * 1000 + 5, abs=3)  # ~100 ms drain + 5
+            assert expected - 5 <= took <= expected + 60, (took, expected)
+            described = proxy.describe()
+            assert described["timeline"] is True and described["applied_at"] == step
+        finally:
+            writer.close()
+            await proxy.stop()
+            server.close()
+            await server.wait_closed()
+
+    run(body(), 20)

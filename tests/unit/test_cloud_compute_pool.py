@@ -51,7 +51,7 @@ def test_workers_are_handed_out_lowest_first_and_waiters_first_come_first_served
         await b
         pool.release(0)
         pool.release(1)
-        assert pool.idle
+        assert [await pool.acquire(), await pool.acquire()] == [0, 1]  # both free again, lowest first
         pool.shutdown()
         return first, second, order
 

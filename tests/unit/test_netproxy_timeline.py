@@ -1,16 +1,13 @@
-"""The proxy's timeline mode: D(t) as a deterministic, queue-like function of time, and the proxy
-delaying real bytes by it (loopback echo server)."""
+"""The proxy's timeline mode: D(t) as a deterministic, queue-like function of time (the proxy
+delaying real bytes by it is in tests/integration/test_netproxy.py)."""
 
 from __future__ import annotations
-
-import asyncio
-import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.netproxy import NetConditions, NetProxy
+from bench.netproxy import NetConditions
 from bench.netproxy_timeline import LinkTimeline, slot_delay_ms
 
 pytestmark = pytest.mark.unit
@@ -108,50 +105,3 @@ def test_conditions_that_do_not_fit_timeline_mode_are_refused():
         tl.one_way_ms("sideways", 1.0)
     with pytest.raises(ValueError, match="jitter_slot_ms"):
         NetConditions(jitter_slot_ms=-1)
-
-
-def test_the_proxy_in_timeline_mode_delays_real_bytes_by_d_of_t():
-    """A step from 150 ms to 5 ms one way: an echo sent 50 ms after it still waits for the drain."""
-
-    async def body():
-        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(echo, "127.0.0.1", 0)
-        proxy = NetProxy(target_host="127.0.0.1", target_port=server.sockets[0].getsockname()[1], seed=3,
-                         timeline=True)
-        await proxy.start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        try:
-            with pytest.raises(ValueError, match="jitter_slot_ms"):
-                proxy.set_conditions(delay_ms=5, jitter_ms=3)  # refused in timeline mode...
-            assert proxy.conditions == NetConditions()  # ...and nothing changed
-            proxy.set_conditions(delay_ms=150)
-            proxy.set_conditions(delay_ms=5)
-            step = proxy.applied_at
-            await asyncio.sleep(0.05)
-            t0 = time.monotonic()
-            writer.write(b"x")
-            await writer.drain()
-            assert await asyncio.wait_for(reader.readexactly(1), 5) == b"x"
-            took = (time.monotonic() - t0) * 1000
-            expected = proxy.timeline.round_trip_ms(t0) if proxy.timeline else 0
-            assert expected == pytest.approx((step + 0.15 - t0) * 1000 + 5, abs=3)  # ~100 ms drain + 5
-            assert expected - 5 <= took <= expected + 60, (took, expected)
-            described = proxy.describe()
-            assert described["timeline"] is True and described["applied_at"] == step
-        finally:
-            writer.close()
-            await proxy.stop()
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(asyncio.wait_for(body(), 20))
-
