@@ -93,10 +93,13 @@ class DataPlane:
         self.config_generation += 1
 
     # ------------------------------------------------------------------ the request flow
-    async def infer(self, request: codec.InferRequest, *, time_left_ms: float | None = None
-                    ) -> codec.InferResponse:
+    async def infer(self, request: codec.InferRequest, *, time_left_ms: float | None = None,
+                    on_loop: bool = False) -> codec.InferResponse:
         """Answer one request. ``time_left_ms`` is the caller's transport deadline (a gRPC timeout), which
-        tightens the budget when it is shorter than the request's ``deadline_ms`` or the SLO."""
+        tightens the budget when it is shorter than the request's ``deadline_ms`` or the SLO.
+        ``on_loop``: nothing else waits on the event loop (the servicer's only client, waiting for this
+        answer), so a request routed to the edge may run its model right on the loop
+        (``EdgeRunner.predict``)."""
         started = self._clock()
         self.stats.requests += 1
         if self.metrics is not None:
@@ -112,7 +115,7 @@ class DataPlane:
             runner = self.edge.require(request.model_name, request.model_version)
             self._check_inputs(runner, request)
             decision = self._decide(request.model_name, route, budget, runner)
-            response = await self._execute(request, decision, runner, started, budget)
+            response = await self._execute(request, decision, runner, started, budget, on_loop)
         except Exception as exc:
             self.stats.errors += 1
             if self.metrics is not None:
@@ -147,9 +150,9 @@ class DataPlane:
         return decision
 
     async def _execute(self, request: codec.InferRequest, decision: Decision, runner: EdgeRunner | None,
-                       started: float, budget_ms: float) -> codec.InferResponse:
+                       started: float, budget_ms: float, on_loop: bool = False) -> codec.InferResponse:
         if decision.tier is Tier.EDGE:
-            response = await self._run_edge(request, runner, decision.reason, decision.fallback)
+            response = await self._run_edge(request, runner, decision.reason, decision.fallback, on_loop)
             if decision.escalate_below is not None:
                 response = await self._maybe_escalate(request, response, runner, decision, started, budget_ms)
             return response
@@ -225,12 +228,12 @@ class DataPlane:
 
     # ------------------------------------------------------------------ tiers
     async def _run_edge(self, request: codec.InferRequest, runner: EdgeRunner | None, reason: str,
-                        fallback: bool) -> codec.InferResponse:
+                        fallback: bool, on_loop: bool = False) -> codec.InferResponse:
         if runner is None:
             raise ModelNotFound(f"model {request.model_name!r} is not served on this device")
         began = self._clock()
         # ``infer`` checked the inputs (``_check_inputs``) before routing: the model need not again.
-        outputs = await runner.predict(request.inputs, checked=True)
+        outputs = await runner.predict(request.inputs, checked=True, on_loop=on_loop)
         if self.metrics is not None:
             self.metrics.observe_latency(request.model_name, "edge", self._clock() - began)
         return codec.InferResponse(

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: A model whose one-row call takes at most this long (ms) runs on the event loop when the runner is idle.
 INLINE_MAX_MS = 0.3
+#: With ``on_loop=True`` (nothing else waits on the event loop), a model whose calls take at most this
+#: long (ms, the moving average) runs on the loop too: the longest a health check or a link probe
+#: may then wait behind it.
+ON_LOOP_MAX_MS = 10.0
 
 
 @dataclass
@@ -99,6 +103,8 @@ class EdgeRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self.calls = 0
         self.rows = 0
+        #: Calls run on the event loop thread (cheap models, and ``on_loop`` requests).
+        self.calls_on_loop = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, warmup: bool = True) -> None:
@@ -146,16 +152,20 @@ class EdgeRunner:
                         service_ms=self.service_ms, service_high_ms=self.service_high_ms,
                         scheduling_ms=scheduling_ms, cpu_load=cpu_load)
 
-    async def predict(self, inputs: dict[str, np.ndarray], *, checked: bool = False) -> dict[str, np.ndarray]:
+    async def predict(self, inputs: dict[str, np.ndarray], *, checked: bool = False,
+                      on_loop: bool = False) -> dict[str, np.ndarray]:
         """Run one request (a batch of rows) through the model; raises what the model raises.
-        ``checked``: the caller already validated ``inputs`` against the model's input specs."""
+        ``checked``: the caller already validated ``inputs`` against the model's input specs.
+        ``on_loop``: the caller knows nothing else waits on the event loop meanwhile (one client,
+        waiting for this answer), so an idle runner may run a model of up to ``ON_LOOP_MAX_MS`` right
+        here instead of handing it to a thread and back (one-row requests only)."""
         rows = _rows_of(inputs)
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"model {self.name!r}: {self.max_queue} requests already wait on this device; "
                              "retry later or raise batching.max_queue_size")
         idle = self._in_flight == 0 and self._queue.empty()
         if idle and rows <= self.max_batch:
-            if self.inline:
+            if self.inline or (on_loop and rows == 1 and self.service_ms <= ON_LOOP_MAX_MS):
                 return self._predict_inline(inputs, rows, checked)
             return await self._predict_alone(inputs, rows, checked)
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
@@ -179,6 +189,7 @@ class EdgeRunner:
         began = time.perf_counter()
         outputs = (self._predict_checked if checked else self.model.predict)(inputs)
         self._served_alone(rows, (time.perf_counter() - began) * 1000.0)
+        self.calls_on_loop += 1
         return outputs
 
     async def _predict_alone(self, inputs: dict[str, np.ndarray], rows: int, checked: bool

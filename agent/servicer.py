@@ -5,6 +5,14 @@ Failures become gRPC statuses in one place (``fogline.errors.status_of``). ``Mod
 many requests in flight on one stream and writes each response as soon as it is ready (not in request
 order); a failed request becomes a stream response with ``error_message`` set and the request's id,
 as Triton does, and the stream carries on.
+
+The servicer counts the inference calls open right now (streams and unary calls). A stream request
+is marked ``on_loop`` for the data plane when its stream is the only call open, and its client has
+waited for every answer so far (nothing else of the stream is in flight, and it was already answered
+at least once, so a client that sends a burst is not taken for one that waits). Nobody else is
+connected, so the edge model may run on the event loop instead of a worker thread
+(``EdgeRunner.predict``), saving the two thread wake-ups (~0.3 ms of a 2-core device's round trip).
+Unary calls never are: calls that arrive meanwhile are invisible until the loop is free.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.name = name
         self.ready = False
         self.drain_event = asyncio.Event()
+        #: Inference calls open now: ``ModelInfer`` calls in progress plus open ``ModelStreamInfer`` streams.
+        self.open_calls = 0
 
     # ------------------------------------------------------------------ health and metadata
     async def ServerLive(self, request, context):
@@ -69,6 +79,7 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         if self.drain_event.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the agent is shutting down; retry on another")
+        self.open_calls += 1
         try:
             remaining = context.time_remaining()
             time_left_ms = None if remaining is None else remaining * 1000.0 - TRANSPORT_MARGIN_MS
@@ -76,6 +87,8 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
             return codec.response_to_proto(response)
         except Exception as exc:
             await _abort(context, exc)
+        finally:
+            self.open_calls -= 1
 
     async def ModelStreamInfer(self, request_iterator, context) -> None:
         # A reader task takes requests off the stream and starts one answer task per request; each
@@ -85,10 +98,12 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
         # requests already read are still answered before the stream ends.
         writing = asyncio.Lock()
         answers: set[asyncio.Task[None]] = set()
+        # Requests read whose reply is not built yet, and replies built so far (for ``on_loop``).
+        unanswered = answered = 0
 
-        async def answer(msg: pb.ModelInferRequest) -> None:
+        async def answer(msg: pb.ModelInferRequest, on_loop: bool) -> None:
             try:
-                response = await self.dataplane.infer(codec.request_from_proto(msg))
+                response = await self.dataplane.infer(codec.request_from_proto(msg), on_loop=on_loop)
                 reply = pb.ModelStreamInferResponse(infer_response=codec.response_to_proto(response))
             except Exception as exc:
                 code, text = status_of(exc)
@@ -99,6 +114,11 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
                     infer_response=pb.ModelInferResponse(model_name=msg.model_name,
                                                          model_version=msg.model_version, id=msg.id),
                 )
+            nonlocal unanswered, answered
+            # Counted before the write: the client may see the reply, and send its next request,
+            # before the write's completion reaches this task.
+            unanswered -= 1
+            answered += 1
             try:
                 async with writing:
                     await context.write(reply)
@@ -106,16 +126,21 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
                 log.debug("stream response %r not sent: %s", msg.id, exc)
 
         async def read() -> None:
+            nonlocal unanswered
             try:
                 async for msg in request_iterator:
                     if self.drain_event.is_set():
                         break
-                    task = asyncio.create_task(answer(msg))
+                    # The only client, and it waits for its answers: nothing else needs the loop.
+                    on_loop = self.open_calls == 1 and unanswered == 0 and answered > 0
+                    unanswered += 1
+                    task = asyncio.create_task(answer(msg, on_loop))
                     answers.add(task)
                     task.add_done_callback(answers.discard)
             except Exception as exc:
                 log.debug("stream closed by the client: %s", exc)
 
+        self.open_calls += 1
         reader = asyncio.create_task(read())
         drain = asyncio.create_task(self.drain_event.wait())
         try:
@@ -126,6 +151,7 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
             while answers:
                 await asyncio.wait(set(answers))
         finally:
+            self.open_calls -= 1
             for task in (reader, drain, *answers):
                 if not task.done():
                     task.cancel()

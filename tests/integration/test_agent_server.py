@@ -114,6 +114,49 @@ def test_stream_answers_out_of_order_and_survives_bad_requests(model_repo, cloud
             assert params["served_by"] == "cloud", params
 
 
+def test_a_lone_client_waiting_on_its_stream_gets_the_edge_model_run_on_the_event_loop(model_repo, cloud):
+    def sentence(i):
+        return codec.request_to_proto(codec.InferRequest(
+            "minilm", {"text": np.array([b"a camera saw a bicycle"], dtype=object)}, id=str(i),
+            parameters={"route": "edge"}))
+
+    async def ask(call, i):
+        await call.write(sentence(i))
+        reply = await call.read()
+        assert not reply.error_message, reply.error_message
+        assert codec.params_from_proto(reply.infer_response.parameters)["served_by"] == "edge"
+
+    async def body(rig, channel, stub):
+        runner = rig.server.dataplane.edge.runners["minilm"]
+        assert not runner.inline  # minilm is not cheap enough to run on the loop by itself
+        counts = {}
+        mark = runner.calls_on_loop
+        call = stub.ModelStreamInfer()
+        for i in range(4):  # one client, one request at a time
+            await ask(call, i)
+        counts["alone"] = runner.calls_on_loop - mark
+        other = stub.ModelStreamInfer()  # a second client connects: nothing runs on the loop
+        await ask(other, 100)
+        mark = runner.calls_on_loop
+        for i in range(3):
+            await ask(call, 10 + i)
+        counts["two_clients"] = runner.calls_on_loop - mark
+        await other.done_writing()
+        assert await other.read() is grpc.aio.EOF
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF
+        fresh = stub.ModelStreamInfer()  # its first request: the client may be sending a burst
+        mark = runner.calls_on_loop
+        await ask(fresh, 200)
+        counts["first_of_a_stream"] = runner.calls_on_loop - mark
+        await fresh.done_writing()
+        return counts
+
+    counts = with_rig(model_repo, cloud, body, config=device_config(policy="edge_only"))
+    # the first request of a stream never runs on the loop; once the client has shown it waits, it does
+    assert counts == {"alone": 3, "two_clients": 0, "first_of_a_stream": 0}
+
+
 @pytest.mark.parametrize(("policy", "tier"), [("edge_only", "edge"), ("cloud_only", "cloud")])
 def test_fixed_policies(model_repo, cloud, policy, tier):
     async def body(rig, channel, stub):
@@ -178,8 +221,8 @@ def test_prometheus_metrics_follow_the_traffic(model_repo, cloud):
         port = s.getsockname()[1]
 
     async def body(rig, channel, stub):
-        for i in range(3):
-            await infer(stub, digits(str(i)))
+        for i in range(3):  # a generous deadline: a slow moment of a busy machine must not count as late
+            await infer(stub, digits(str(i), deadline_ms=5000))
         await infer(stub, digits("e", route="edge"))
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.ModelInfer(digits("bad", route="moon"))

@@ -273,3 +273,42 @@ def test_a_lone_request_goes_straight_to_the_pool_and_holds_a_worker_slot():
     assert threads == ["pool_0"] and calls == 1  # ran once, on the pool's thread
     assert during == 1 and after == 0  # counted while it ran, so the router sees the busy edge
     assert out["y"].tolist() == [[2.0, 2.0]]
+
+
+def test_on_loop_requests_run_on_the_event_loop_only_when_idle_single_row_and_short():
+    async def scenario():
+        threads: list[str] = []
+
+        class Recording(Doubler):
+            def predict(self, inputs):
+                threads.append(threading.current_thread().name)
+                return super().predict(inputs)
+
+        short, long_ = Recording(delay_s=0.002), Recording(delay_s=0.03)
+        one, two = {"x": np.ones((1, 2), np.float32)}, {"x": np.ones((2, 2), np.float32)}
+        seen = {}
+        with ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
+            runner = EdgeRunner(short, pool)
+            slow = EdgeRunner(long_, pool)
+            await runner.start(warmup=True)
+            await slow.start(warmup=True)
+            for label, call in [
+                ("plain", runner.predict(one)),
+                ("on_loop", runner.predict(one, on_loop=True)),
+                ("two_rows", runner.predict(two, on_loop=True)),
+                ("too_slow", slow.predict(one, on_loop=True)),
+            ]:
+                threads.clear()
+                out = await call
+                seen[label] = (threads[0], out["y"].shape)
+            seen["counted"] = (runner.calls_on_loop, slow.calls_on_loop)
+            await runner.stop()
+            await slow.stop()
+        return seen
+
+    seen = run(scenario())
+    assert seen["plain"] == ("pool_0", (1, 2))  # a 2 ms model is not cheap enough to run inline
+    assert seen["on_loop"] == ("MainThread", (1, 2))  # the caller said nothing else waits on the loop
+    assert seen["two_rows"] == ("pool_0", (2, 2))
+    assert seen["too_slow"][0] == "pool_0"  # 30 ms calls would stall the loop too long
+    assert seen["counted"] == (1, 0)
