@@ -322,6 +322,7 @@ def write_report(out: Path, device: str, rounds: int, seconds: float, runs: dict
     on = [runs["on", c] for c in CONCURRENCY]
     off = [runs["off", c] for c in CONCURRENCY]
     ceiling = max(inproc, key=lambda r: r.throughput)
+    single = max((runs["in", b] for b in BATCH_SIZES), key=lambda r: r.throughput)  # one caller, every core
     b1 = inproc[0]
     on_by_c = dict(zip(CONCURRENCY, on, strict=True))
     off_by_c = dict(zip(CONCURRENCY, off, strict=True))
@@ -355,6 +356,9 @@ def write_report(out: Path, device: str, rounds: int, seconds: float, runs: dict
         f"- In-process ceiling: **{ceiling.throughput:.1f}/s** ({ceiling.label}); batch-1: "
         f"{b1.throughput:.1f}/s, p50 {b1.p(50):.2f} ms.",
         f"- c=32 served throughput / ceiling: **{ratio_32:.1%}** (gate >= 90%: {'pass' if ratio_32 >= 0.9 else 'FAIL'}).",
+        f"- For reference, c=32 served / the best single-caller row ({single.label}, {single.throughput:.1f}/s): "
+        f"{_ratio(on_by_c[32].throughput, single.throughput):.1%}. The gate takes the best in-process row of all, "
+        "side-by-side callers included, since that is how the server's compute pool runs a busy CPU.",
         f"- c=1 p50 over in-process batch-1 p50: **{c1_extra:+.2f} ms** (gate <= +2 ms: "
         f"{'pass' if c1_extra <= 2.0 else 'FAIL'}).",
         f"- Batching gain at c=32 (on / off): **{gain:.2f}x**; in-process batch gain (ceiling / batch 1), "
