@@ -102,6 +102,7 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
         unanswered = answered = 0
 
         async def answer(msg: pb.ModelInferRequest, on_loop: bool) -> None:
+            nonlocal unanswered, answered
             try:
                 response = await self.dataplane.infer(codec.request_from_proto(msg), on_loop=on_loop)
                 reply = pb.ModelStreamInferResponse(infer_response=codec.response_to_proto(response))
@@ -114,7 +115,6 @@ class AgentServicer(pb_grpc.GRPCInferenceServiceServicer):
                     infer_response=pb.ModelInferResponse(model_name=msg.model_name,
                                                          model_version=msg.model_version, id=msg.id),
                 )
-            nonlocal unanswered, answered
             # Counted before the write: the client may see the reply, and send its next request,
             # before the write's completion reaches this task.
             unanswered -= 1
