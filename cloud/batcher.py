@@ -260,33 +260,36 @@ class DynamicBatcher:
         The worker goes back *before* the answers: the dispatcher then starts the next batch on it
         before the event loop spends its time writing this batch's responses.
         """
-        released = False
         try:
+            results, compute_s = await computing
+        except Exception as exc:
             try:
-                results, compute_s = await computing
-            except Exception as exc:
                 if len(batch) == 1:
                     self._fail(batch[0], exc)
                     return
                 # One request may have poisoned the batch: run each alone so only it fails.
                 for item in batch:
                     await self._execute_alone(item, started, worker)
-                return
-            rows = sum(it.rows for it in batch)
-            self._free_at = self._clock()
-            self._expected = min(self.max_batch_size, rows + self._pending_rows())
-            self._running.discard(asyncio.current_task())
-            self._pool.release(worker)
-            released = True
-            self._observe(rows, len(batch), compute_s)
-            for item, outputs in zip(batch, results, strict=True):
-                stats = BatchStats(started - item.enqueued, compute_s, rows, len(batch))
-                if not item.future.done():
-                    item.future.set_result((outputs, stats))
-        finally:
-            if not released:
-                self._running.discard(asyncio.current_task())
-                self._pool.release(worker)
+            finally:
+                self._give_back(worker)
+            return
+        except BaseException:  # cancelled: the worker is still ours to give back
+            self._give_back(worker)
+            raise
+        rows = sum(it.rows for it in batch)
+        self._free_at = self._clock()
+        self._expected = min(self.max_batch_size, rows + self._pending_rows())
+        self._give_back(worker)
+        self._observe(rows, len(batch), compute_s)
+        for item, outputs in zip(batch, results, strict=True):
+            stats = BatchStats(started - item.enqueued, compute_s, rows, len(batch))
+            if not item.future.done():
+                item.future.set_result((outputs, stats))
+
+    def _give_back(self, worker: int) -> None:
+        """This batch no longer runs: the dispatcher may hold for company again, and use the worker."""
+        self._running.discard(asyncio.current_task())
+        self._pool.release(worker)
 
     async def _execute_alone(self, item: _Item, started: float, worker: int) -> None:
         try:

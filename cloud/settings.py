@@ -97,9 +97,8 @@ class ServingSettings:
         return self.torch_threads or usable_cores()
 
     def resolved_compute_workers(self, device: str) -> int:
-        """How many model calls may run side by side: on a CPU one per core (each call then gets
-        ``torch_threads // calls in flight`` intra-op threads, see ``cloud.compute_pool``); on a GPU 1
-        per model."""
+        """How many model calls may run side by side: on a CPU one per core (a lone call gets every
+        intra-op thread, calls side by side one each, see ``cloud.compute_pool``); on a GPU 1 per model."""
         if self.compute_workers is not None:
             return self.compute_workers
         return usable_cores() if device == "cpu" else 1
