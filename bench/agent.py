@@ -107,21 +107,11 @@ def agent_specs(values: list[str]) -> list[AgentSpec]:
 
 def write_fleet(directory: Path, spec: AgentSpec) -> Path:
     """A one-device fleet file: both models, policy edge_only, quiet logs, no metrics endpoint."""
-    import yaml
+    from bench.routing_procs import fleet_file
 
-    defaults: dict = {
-        "listen": "127.0.0.1:0",
-        "models": list(MODELS),
-        "routing": {"policy": "edge_only"},
-        "logging": {"level": "WARNING", "format": "text"},
-        "metrics": {"port": 0},
-    }
-    if spec.queue_delay_ms is not None:
-        defaults["batching"] = {"max_queue_delay_ms": spec.queue_delay_ms}
-    fleet = {"version": 1, "defaults": defaults, "devices": {DEVICE_ID: {}}}
-    path = directory / f"fleet-{len(list(directory.iterdir()))}.yaml"
-    path.write_text(yaml.safe_dump(fleet, sort_keys=False), encoding="utf-8")
-    return path
+    batching = {} if spec.queue_delay_ms is None else {"batching": {"max_queue_delay_ms": spec.queue_delay_ms}}
+    return fleet_file(directory / f"fleet-{len(list(directory.iterdir()))}.yaml", models=list(MODELS),
+                      routing={"policy": "edge_only"}, defaults=batching, device=DEVICE_ID)
 
 
 def snapshot_models(models_dir: Path, into: Path) -> Path:
@@ -130,7 +120,7 @@ def snapshot_models(models_dir: Path, into: Path) -> Path:
     ``models_dir`` during the run."""
     import shutil
 
-    from edge_models.repository import ModelRepository, read_manifest
+    from fogline.models.repository import ModelRepository, read_manifest
 
     repo = ModelRepository(models_dir)
     for name in MODELS:
@@ -155,36 +145,27 @@ def closed_port() -> int:
 
 def start_floor(models_dir: Path):
     """``bench.agent_floor`` (gRPC + codec, no model) as a child process; returns it and its port."""
-    from bench.routing_procs import Proc, StartError
+    from bench.routing_procs import Proc
 
-    proc = Proc("floor", [sys.executable, "-m", "bench.agent_floor", "--models", str(models_dir)])
-    try:
-        match = proc.wait_for(r"serving floor on [\d.]+:(\d+)", 60.0)
-    except StartError:
-        proc.stop()
-        raise
+    argv = [sys.executable, "-m", "bench.agent_floor", "--models", str(models_dir)]
+    proc, match = Proc.start("floor", argv, r"serving floor on [\d.]+:(\d+)", 60.0)
     return proc, int(match.group(1))
 
 
 def start_agent(fleet: Path, models_dir: Path, cloud_mode: str):
     """``fogline agent run`` as a child process; returns it (``bench.routing_procs.Proc``) and its port."""
-    from bench.routing_procs import Proc, StartError
+    from bench.routing_procs import Proc
 
     cloud = "" if cloud_mode == "none" else f"127.0.0.1:{closed_port()}"
     argv = [sys.executable, "-m", "fogline.cli", "agent", "run", "--config", str(fleet), "--device", DEVICE_ID,
             "--listen", "127.0.0.1:0", "--cloud", cloud, "--models", str(models_dir), "--grace-s", "5"]
-    proc = Proc("agent", argv)
-    try:
-        match = proc.wait_for(r"serving .* on [\d.]+:(\d+)", 120.0)
-    except StartError:
-        proc.stop()
-        raise
+    proc, match = Proc.start("agent", argv, r"serving .* on [\d.]+:(\d+)", 120.0)
     return proc, int(match.group(1))
 
 
 async def measure(result: Result, ports: dict[str, int], plan: Plan, models_dir: Path) -> None:
-    from edge_models.edge_runtime import EdgeModel
-    from edge_models.repository import ModelRepository
+    from fogline.models.edge_runtime import EdgeModel
+    from fogline.models.repository import ModelRepository
 
     repo = ModelRepository(models_dir)
     routes = [Route(INPROC, "inproc"), Route(INPROC_PACED, "inproc_paced"), Route(FLOOR_STREAM, "stream", ports[FLOOR], check=False),
@@ -254,7 +235,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.agent") -> 
     except ValueError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    from edge_models.build import ensure_models
+    from fogline.modelbuild.build import ensure_models
 
     models_dir = args.models or Path(os.environ.get("FOGLINE_TEST_MODELS", REPO_ROOT / ".cache" / "test-models"))
     ensure_models(models_dir, names=list(MODELS))

@@ -26,8 +26,7 @@ def build_servicer(models_dir: Path):
     from fogline.errors import ModelNotFound, status_of
     from fogline.inference import grpc_service_pb2 as pb
     from fogline.inference import grpc_service_pb2_grpc as pb_grpc
-
-    from edge_models.repository import ModelRepository, read_manifest, specs_of
+    from fogline.models.repository import ModelRepository, read_manifest, specs_of
 
     repo = ModelRepository(models_dir)
     outputs = {name: specs_of(read_manifest(repo.resolve(name)), "outputs") for name in repo.names()}
@@ -61,6 +60,7 @@ def build_servicer(models_dir: Path):
 
 async def serve(models_dir: Path, listen: str) -> int:
     import grpc
+
     from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
     server = grpc.aio.server()

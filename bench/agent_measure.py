@@ -69,7 +69,7 @@ class Series:
 def make_cases(model: Any, n: int, seed: int = 6) -> list[dict[str, np.ndarray]]:
     """``n`` one-row inputs: digit images with values 0..16, or the fidelity sentences (cycled)."""
     if model.name == "minilm":
-        from edge_models.fidelity import load_sentences
+        from fogline.modelbuild.fidelity import load_sentences
 
         texts = load_sentences()
         return [{"text": np.array([texts[i % len(texts)].encode()], dtype=object)} for i in range(n)]
@@ -127,6 +127,7 @@ async def latency_blocks(paths: list[Route], model: Any, cases: list[dict[str, n
     import contextlib
 
     import grpc
+
     from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
     messages = _messages(model, cases)
@@ -197,6 +198,7 @@ async def throughput_agent(port: int, model: Any, cases: list[dict[str, np.ndarr
     """``concurrency`` closed-loop clients on one channel: each its own stream (``stream``) or caller
     (``unary``), one request in flight each; answers completed inside the window count."""
     import grpc
+
     from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
     messages = _messages(model, cases)

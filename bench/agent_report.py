@@ -206,18 +206,18 @@ def write_json(path: Path, result: Result) -> None:
 
 
 def code_state() -> str:
-    """The commit the agent code comes from, and whether ``agent/`` differs from it (a shared tree)."""
+    """The commit the agent code comes from, and whether ``src/fogline/`` differs from it (a shared tree)."""
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "agent", "edge_models", "proto"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src/fogline"],
                                cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
-    return f"commit {head}" + (" with uncommitted changes in agent/, edge_models/ or proto/" if dirty else "")
+    return f"commit {head}" + (" with uncommitted changes in src/fogline/" if dirty else "")
 
 
 def _ort_version() -> str:

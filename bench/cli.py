@@ -4,6 +4,7 @@
     fogline bench models ...                 # quantized vs full models
     fogline bench cloud ...                  # the cloud tier's throughput and batching
     fogline bench agent ...                  # the agent's overhead
+    fogline bench shadow ...                 # live agreement: shadowing's cost and agreement figures
 
 Each name maps to a module ``bench.<name>`` with ``main(argv, prog) -> int`` (``python -m bench.<name>``
 runs the same thing); the module is imported only when asked for.
@@ -21,6 +22,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "models": ("bench.models", "edge (INT8) vs full models: fidelity, accuracy, speed"),
     "cloud": ("bench.cloud", "the cloud tier: throughput and latency with dynamic batching"),
     "agent": ("bench.agent", "the edge agent: overhead and throughput on the device"),
+    "scale": ("bench.scale", "agents over 1, 2 and 4 cloud replicas; one killed, one added"),
+    "shadow": ("bench.shadow", "live agreement: shadowing 10% of edge answers, its cost and its figures"),
 }
 
 

@@ -8,7 +8,7 @@ What it measures, all in one run on one machine:
 1. **In-process ceiling**: ``FullModel.predict`` called directly at batch sizes 1..64 on the same
    sentences by one caller using every core, and (CPU) by one caller per core side by side, each on
    one intra-op thread, at batch sizes 4..16 (how the server's compute pool runs a busy CPU, see
-   ``cloud.compute_pool``); the best throughput of all rows is the ceiling, the batch-1 median is the
+   ``fogline.cloud.compute_pool``); the best throughput of all rows is the ceiling, the batch-1 median is the
    latency floor.
 2. **Served**: ``fogline cloud serve`` as a subprocess, twice (``--max-batch-size`` 8 on a CPU, 32 on a
    GPU, then ``1`` = batching off). A closed-loop client opens ``c`` streams (c = 1, 8, 32, like c devices each with one
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.settings import usable_cores
+from fogline.cloud.settings import usable_cores
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCY = (1, 8, 32)
@@ -103,7 +103,7 @@ def order(count: int) -> SentenceOrder:
 
 
 def sentences() -> list[str]:
-    from edge_models.fidelity import load_sentences
+    from fogline.modelbuild.fidelity import load_sentences
 
     return load_sentences()
 
@@ -117,7 +117,7 @@ class InProcess:
     def __init__(self, version_dir: Path, device: str, texts: list[str]) -> None:
         import torch
 
-        from edge_models.full_runtime import FullModel
+        from fogline.models.full_runtime import FullModel
 
         torch.set_num_threads(usable_cores())
         self.model = FullModel.load(version_dir, device=device)
@@ -152,7 +152,7 @@ class InProcess:
     ) -> tuple[int, float, list[float], list[int]]:
         """``callers`` threads side by side, each with one intra-op thread (torch's thread count is a
         per-thread setting): the way the server's compute pool runs a CPU under steady load
-        (``cloud.compute_pool``)."""
+        (``fogline.cloud.compute_pool``)."""
         import torch
 
         def one_caller() -> list[float]:
@@ -172,10 +172,12 @@ class InProcess:
 class ServerProcess:
     """``fogline cloud serve`` in a subprocess; ``port`` is read from its start-up line."""
 
-    def __init__(self, models: Path, device: str, max_batch_size: int, compute_workers: int | None = None) -> None:
+    def __init__(self, models: Path, device: str, max_batch_size: int | None = None,
+                 compute_workers: int | None = None, *, grace_s: float = 5, extra: tuple[str, ...] = ()) -> None:
         args = [sys.executable, "-m", "fogline.cli", "cloud", "serve", "--listen", "127.0.0.1:0", "--models",
-                str(models), "--device", device, "--max-batch-size", str(max_batch_size), "--metrics-port", "off",
-                "--grace-s", "5"]  # fmt: skip
+                str(models), "--device", device, "--metrics-port", "off", "--grace-s", f"{grace_s:g}", *extra]  # fmt: skip
+        if max_batch_size is not None:
+            args += ["--max-batch-size", str(max_batch_size)]
         if compute_workers is not None:
             args += ["--compute-workers", str(compute_workers)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -214,6 +216,7 @@ async def closed_loop(
     Returns (answered requests, seconds, latencies in ms, batch rows per answer, errors).
     """
     import grpc
+
     from fogline import codec
     from fogline.inference import grpc_service_pb2 as pb
 
@@ -272,7 +275,7 @@ def measure(
 ) -> dict:
     """Every configuration, ``rounds`` times, interleaved, so a burst of load elsewhere on the machine
     hits one round of each rather than all of one configuration."""
-    from edge_models.repository import ModelRepository
+    from fogline.models.repository import ModelRepository
 
     runs: dict[tuple[str, int], Run] = {}
     callers = usable_cores() if device == "cpu" else 1
@@ -371,12 +374,19 @@ def write_report(out: Path, device: str, rounds: int, seconds: float, runs: dict
         f"![throughput]({out.with_suffix('.png').name})",
         "",
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines), encoding="utf-8")
+    save_report(out, lines)
     _plot(out.with_suffix(".png"), ceiling, on, off)
     print(
         f"wrote {out}: c=32 {ratio_32:.1%} of ceiling, c=1 p50 {c1_extra:+.2f} ms, gain {gain:.2f}x -> {ok}"
     )
+
+
+def save_report(out: Path, lines: list[str]) -> str:
+    """Write a report's markdown ``lines`` to ``out`` (its folder made if need be); returns the text."""
+    text = "\n".join(lines)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return text
 
 
 def _ratio(a: float, b: float) -> float:
@@ -433,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="report path (default bench/results/cloud[-gpu].md)")
     args = parser.parse_args(argv)
 
-    from edge_models.build import ensure_models
-    from edge_models.repository import ModelRepository, default_models_dir
+    from fogline.modelbuild.build import ensure_models
+    from fogline.models.repository import ModelRepository, default_models_dir
 
     models = args.models or default_models_dir()
     if "minilm" not in ModelRepository(models).names():

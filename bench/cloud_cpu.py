@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cloud import RESULTS, ServerProcess, closed_loop, sentences
+from bench.cloud import RESULTS, ServerProcess, closed_loop, save_report, sentences
 
 
 @dataclass(frozen=True)
@@ -142,9 +142,7 @@ def report(result: dict, out: Path) -> str:
         "(held by the event loop or the other worker between two torch operators) sleeps.",
         "",
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines), encoding="utf-8")
-    return "\n".join(lines)
+    return save_report(out, lines)
 
 
 def main(argv: list[str] | None = None) -> int:

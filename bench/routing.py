@@ -12,7 +12,7 @@ What one run does:
 3. calibrates: one agent behind a clean proxy gets the benchmark's load pinned to ``route=cloud``,
    then to ``route=edge``; the median latencies per model are the oracle's service times
    (``routing_oracle``);
-4. for every scenario and policy: a fresh proxy (``python -m bench.netproxy --timeline``, seeded per
+4. for every scenario and policy: a fresh proxy (``python -m fogline.netproxy.proxy --timeline``, seeded per
    scenario: the link's delay is the same deterministic function of time in every policy's run) in
    front of the cloud, a fresh agent (``fogline agent run``) whose fleet file sets the policy, a short
    warm-up under the first phase's conditions, then the scenario's seeded Poisson schedule (the same
@@ -40,11 +40,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench import routing_procs as procs
-from bench.netproxy_timeline import LinkTimeline
 from bench.routing_driver import Outcome, replay
 from bench.routing_oracle import OracleChoice, ServiceTimes, link_timeline, median, oracle_choices
 from bench.routing_scenarios import SCENARIO_DIR, Phase, Scenario, ScenarioError, load_scenarios
 from bench.routing_workload import Arrival, Workload, load_workload, poisson_schedule, scenario_seed
+from fogline.netproxy.timeline import LinkTimeline
 
 POLICIES = ("edge_only", "cloud_only", "latency_aware", "hedged", "cascade")
 QUICK_POLICIES = ("latency_aware", "cloud_only")
@@ -210,7 +210,7 @@ class _Session:
 
 
 def _clean():
-    from bench.netproxy import NetConditions
+    from fogline.netproxy.proxy import NetConditions
 
     return NetConditions()
 
@@ -263,7 +263,7 @@ async def _run(config: BenchConfig, workload: Workload, cloud_port: int, tmp: Pa
 
 def run_benchmark(config: BenchConfig, command: str | None = None) -> BenchResult:
     """Everything: models, cloud, calibration, scenarios, report. Returns the raw results."""
-    from edge_models.build import ensure_models
+    from fogline.modelbuild.build import ensure_models
 
     started = time.perf_counter()
     code_before = code_state()
@@ -300,7 +300,7 @@ def code_state() -> str:
     except (OSError, subprocess.SubprocessError):
         head = "unknown"
     digest = hashlib.sha256()
-    for folder in ("agent", "cloud", "edge_models", "proto/fogline"):
+    for folder in ("src/fogline",):
         for path in sorted((root / folder).rglob("*.py")):
             digest.update(path.relative_to(root).as_posix().encode())
             try:
@@ -315,7 +315,7 @@ def _csv(text: str) -> list[str]:
 
 
 def build_config(args: argparse.Namespace) -> BenchConfig:
-    from edge_models.repository import default_models_dir
+    from fogline.models.repository import default_models_dir
 
     models = Path(args.models) if args.models else Path(default_models_dir())
     names = _csv(args.scenarios) if args.scenarios else None

@@ -19,13 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
+
+from bench.routing_workload import Arrival, Workload
 from fogline import codec
 from fogline.inference import grpc_service_pb2 as pb
 from fogline.inference import grpc_service_pb2_grpc as pb_grpc
-
-from bench.routing_workload import Arrival, Workload
-
-_MAX_MESSAGE = 64 * 1024 * 1024
 
 
 @dataclass
@@ -178,7 +176,8 @@ async def replay(
                 out.status, out.error = "error", why
                 finish()
 
-    options = [("grpc.max_receive_message_length", _MAX_MESSAGE), ("grpc.max_send_message_length", _MAX_MESSAGE)]
+    options = [("grpc.max_receive_message_length", codec.MAX_MESSAGE_BYTES),
+               ("grpc.max_send_message_length", codec.MAX_MESSAGE_BYTES)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         lanes = [_Stream(stub, on_answer, on_broken) for _ in range(streams)]

@@ -2,7 +2,7 @@
 
 The oracle knows the link exactly and the measured service times of both tiers, and picks the cloud
 whenever the cloud would have met the deadline, the edge otherwise. The benchmark runs the proxy in
-timeline mode (``bench.netproxy_timeline``), where the one-way delay of bytes entering the link at
+timeline mode (``fogline.netproxy.timeline``), where the one-way delay of bytes entering the link at
 time t is a deterministic function D(t) of the conditions applied, the moments the proxy applied them
 (it reports them) and the proxy's seed; the oracle evaluates that same function (the same code) on a
 ``LinkTimeline`` rebuilt from those reports. For a request of model ``m`` sent at ``t``::
@@ -43,10 +43,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from bench.netproxy import NetConditions
-from bench.netproxy_timeline import LinkPhase, LinkTimeline
 from bench.routing_scenarios import Phase
 from bench.routing_workload import Arrival
+from fogline.netproxy.proxy import NetConditions
+from fogline.netproxy.timeline import LinkPhase, LinkTimeline
 
 #: gRPC's 5-byte message prefix plus the 9-byte HTTP/2 DATA frame header, per message.
 FRAMING_BYTES = 14

@@ -1,7 +1,7 @@
 """The systems under test as separate processes: cloud, network proxy and agent, started by their CLIs.
 
 Each runs in its own Python process (``python -m fogline.cli cloud serve ...``, ``python -m
-bench.netproxy ...``, ``python -m fogline.cli agent run ...``), exactly as a user starts them, so the
+fogline.netproxy.proxy ...``, ``python -m fogline.cli agent run ...``), exactly as a user starts them, so the
 benchmark's own event loop never shares an interpreter with what it measures. Every server is bound
 to port 0 and announces its address on its first stdout line, which ``Proc.wait_for`` parses.
 
@@ -16,17 +16,19 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from fogline.demo.loopback import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEVICE_ID = "bench-device"
@@ -46,7 +48,7 @@ class Proc:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         child_env = dict(os.environ)
-        paths = [str(REPO_ROOT), str(REPO_ROOT / "proto"), child_env.get("PYTHONPATH", "")]
+        paths = [str(REPO_ROOT), child_env.get("PYTHONPATH", "")]  # bench/ lives in the checkout
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         child_env.setdefault("OMP_NUM_THREADS", "1")
         child_env["PYTHONUNBUFFERED"] = "1"
@@ -92,15 +94,19 @@ class Proc:
                     raise StartError(f"{self.name} did not announce its address within {timeout_s:g} s")
                 self._cond.wait(min(left, 0.2))
 
+    @classmethod
+    def start(cls, name: str, argv: list[str], announcement: str, timeout_s: float) -> tuple[Proc, re.Match[str]]:
+        """Start ``argv`` and wait for its ``announcement`` line (a regex); stopped again if it never comes."""
+        proc = cls(name, argv)
+        try:
+            return proc, proc.wait_for(announcement, timeout_s)
+        except StartError:
+            proc.stop()
+            raise
+
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM (the drain path), then SIGKILL after ``timeout_s``; returns the exit code."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        stop_process(self.popen, timeout_s, kill_wait_s=5)
         self._reader.join(2)
         self._stderr.close()
         return self.popen.returncode
@@ -113,12 +119,7 @@ def start_cloud(models_dir: Path, *, torch_threads: int = 1, timeout_s: float = 
     argv = [sys.executable, "-m", "fogline.cli", "cloud", "serve", "--listen", "127.0.0.1:0",
             "--models", str(models_dir), "--device", "cpu", "--metrics-port", "off",
             "--torch-threads", str(torch_threads)]
-    proc = Proc("cloud", argv)
-    try:
-        match = proc.wait_for(rf"serving .* on {_ADDRESS}", timeout_s)
-    except StartError:
-        proc.stop()
-        raise
+    proc, match = Proc.start("cloud", argv, rf"serving .* on {_ADDRESS}", timeout_s)
     return proc, int(match.group(2))
 
 
@@ -127,18 +128,43 @@ def start_proxy(target_port: int, *, seed: int, timeline: bool = True,
     """The network proxy in front of the cloud; returns the process, its port and its control port.
 
     ``timeline`` (the benchmark's choice): delays are the deterministic D(t) of
-    ``bench.netproxy_timeline``, so the oracle can recompute them exactly."""
-    argv = [sys.executable, "-m", "bench.netproxy", "--listen", "127.0.0.1:0", "--target",
+    ``fogline.netproxy.timeline``, so the oracle can recompute them exactly."""
+    argv = [sys.executable, "-m", "fogline.netproxy.proxy", "--listen", "127.0.0.1:0", "--target",
             f"127.0.0.1:{target_port}", "--control", "127.0.0.1:0", "--seed", str(seed)]
     if timeline:
         argv.append("--timeline")
-    proc = Proc("netproxy", argv)
-    try:
-        match = proc.wait_for(rf"listening on {_ADDRESS} .*control on {_ADDRESS}", timeout_s)
-    except StartError:
-        proc.stop()
-        raise
+    proc, match = Proc.start("netproxy", argv, rf"listening on {_ADDRESS} .*control on {_ADDRESS}", timeout_s)
     return proc, int(match.group(2)), int(match.group(4))
+
+
+def fleet_file(path: Path, *, models: list[str], routing: Mapping[str, Any], cloud: Mapping[str, Any] | None = None,
+               defaults: Mapping[str, Any] | None = None, device: str = DEVICE_ID) -> Path:
+    """Write the one-device fleet file the benchmarks start agents with (``device``, listening on a
+    port of its own, quiet logs, no metrics endpoint) and return ``path``; ``defaults`` adds keys."""
+    fleet: dict[str, Any] = {"version": 1}
+    if cloud is not None:
+        fleet["cloud"] = dict(cloud)
+    fleet["defaults"] = {"listen": "127.0.0.1:0", "models": list(models), "routing": dict(routing),
+                         "logging": {"level": "WARNING", "format": "text"}, "metrics": {"port": 0},
+                         **(defaults or {})}
+    fleet["devices"] = {device: {}}
+    path.write_text(yaml.safe_dump(fleet, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def cloud_answers(metrics_port: int) -> dict[str, float]:
+    """Requests a ``fogline cloud serve`` answered so far, per model (its ``nv_inference_request_success``
+    counter, from its ``/metrics``); ``OSError`` when it does not answer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "nv_inference_request_success_total":
+                model = sample.labels.get("model", "")
+                out[model] = out.get(model, 0.0) + sample.value
+    return out
 
 
 def write_fleet(directory: Path, policy: str, *, cloud_port: int, slo_ms: float,
@@ -147,21 +173,8 @@ def write_fleet(directory: Path, policy: str, *, cloud_port: int, slo_ms: float,
     routing: dict[str, Any] = {"policy": policy, "slo_ms": int(slo_ms), "rtt_threshold_ms": 150,
                                "rtt_recover_ms": 100}
     routing.update(routing_extra or {})
-    fleet = {
-        "version": 1,
-        "cloud": {"endpoint": f"127.0.0.1:{cloud_port}"},
-        "defaults": {
-            "listen": "127.0.0.1:0",
-            "models": ["minilm", "digits"],
-            "routing": routing,
-            "logging": {"level": "WARNING", "format": "text"},
-            "metrics": {"port": 0},
-        },
-        "devices": {DEVICE_ID: {}},
-    }
-    path = directory / f"fleet-{policy}.yaml"
-    path.write_text(yaml.safe_dump(fleet, sort_keys=False), encoding="utf-8")
-    return path
+    return fleet_file(directory / f"fleet-{policy}.yaml", models=["minilm", "digits"], routing=routing,
+                      cloud={"endpoint": f"127.0.0.1:{cloud_port}"})
 
 
 def start_agent(fleet: Path, *, cloud_port: int, models_dir: Path, timeout_s: float = 90.0) -> tuple[Proc, int]:
@@ -169,17 +182,12 @@ def start_agent(fleet: Path, *, cloud_port: int, models_dir: Path, timeout_s: fl
     argv = [sys.executable, "-m", "fogline.cli", "agent", "run", "--config", str(fleet), "--device",
             DEVICE_ID, "--listen", "127.0.0.1:0", "--cloud", f"127.0.0.1:{cloud_port}",
             "--models", str(models_dir), "--grace-s", "5"]
-    proc = Proc("agent", argv)
-    try:
-        match = proc.wait_for(rf"serving .* on {_ADDRESS}", timeout_s)
-    except StartError:
-        proc.stop()
-        raise
+    proc, match = Proc.start("agent", argv, rf"serving .* on {_ADDRESS}", timeout_s)
     return proc, int(match.group(2))
 
 
 class ProxyControl:
-    """A persistent connection to the proxy's control port (``bench.netproxy_control`` protocol)."""
+    """A persistent connection to the proxy's control port (``fogline.netproxy.control`` protocol)."""
 
     def __init__(self, port: int) -> None:
         self.port = port

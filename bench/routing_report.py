@@ -3,7 +3,7 @@
 One plot per scenario (``routing_<scenario>.png``): a row per policy plus the oracle, request latency
 over send time on a log axis, each point coloured by the tier that answered (errors and lost requests
 marked separately), the SLO as a dashed line, and the network round trip behind as a grey area: the
-proxy's D(t) up and then down (``bench.netproxy_timeline``, the same function the oracle reads; a
+proxy's D(t) up and then down (``fogline.netproxy.timeline``, the same function the oracle reads; a
 blackhole as a dark band).
 """
 
@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.netproxy_timeline import LinkTimeline
 from bench.routing_metrics import (
     GateResult,
     Summary,
@@ -30,6 +29,7 @@ from bench.routing_metrics import (
 )
 from bench.routing_oracle import FRAMING_BYTES, RECONNECT_RTTS, ServiceTimes, expected_cloud_ms, link_timeline
 from bench.routing_scenarios import Phase
+from fogline.netproxy.timeline import LinkTimeline
 
 if TYPE_CHECKING:
     from bench.routing import BenchResult, ScenarioResult
@@ -132,7 +132,7 @@ def render_markdown(result: BenchResult, workload: Workload, command: str) -> st
         f"{result.wall_s:.0f} s on {platform.machine()} with {os.cpu_count()} CPU cores"
         f"{' (quick mode: shortened scenarios)' if cfg.quick else ''}; code: {result.code_note or 'unknown'}.",
         "",
-        "Set-up: the cloud (`fogline cloud serve`, CPU), the network proxy (`python -m bench.netproxy "
+        "Set-up: the cloud (`fogline cloud serve`, CPU), the network proxy (`python -m fogline.netproxy.proxy "
         "--timeline`, seeded per scenario) and the agent (`fogline agent run`) are separate processes on "
         "loopback; the agent reaches the cloud only through the proxy. Each policy runs with a fresh proxy "
         f"and agent (fleet file with that policy), a {cfg.warmup_s:g} s warm-up under the first phase's "
@@ -140,7 +140,7 @@ def render_markdown(result: BenchResult, workload: Workload, command: str) -> st
         "the same function of time in every policy's run). "
         f"Load: open-loop Poisson arrivals at {cfg.rate_hz:g} req/s over {cfg.streams} `ModelStreamInfer` "
         f"streams, {100 * cfg.minilm_share:.0f}% `minilm` (the {len(workload.sentences)} sentences of "
-        f"`edge_models/data/sentences.txt`) and the rest `digits` ({result.workload_note}); the same seeded "
+        f"`src/fogline/modelbuild/data/sentences.txt`) and the rest `digits` ({result.workload_note}); the same seeded "
         f"schedule for every policy of a scenario (seed {cfg.seed}). SLO {cfg.slo_ms:g} ms unless a scenario "
         "sets its own; requests carry no `deadline_ms`, so the agent's `slo_ms` is the deadline.",
         "",

@@ -13,7 +13,7 @@ or, for a link that alternates, ``repeat`` instead of ``phases``::
 
     repeat: {every_s: 2, conditions: [{delay_ms: 5}, {delay_ms: 250}]}
 
-Condition keys are those of ``bench.netproxy.NetConditions``: ``delay_ms`` (one way, per direction),
+Condition keys are those of ``fogline.netproxy.proxy.NetConditions``: ``delay_ms`` (one way, per direction),
 ``jitter_ms``, ``jitter_dist`` (uniform | normal | pareto), ``jitter_slot_ms`` (the benchmark runs the
 proxy in timeline mode, where jitter is drawn per slot of this length: required with jitter),
 ``bandwidth_kbps`` and ``blackhole``; a key left out means a clean link for that property. Optional top-level keys: ``slo_ms`` (the latency goal
@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from bench.netproxy import JITTER_DISTS, NetConditions
+from fogline.netproxy.proxy import JITTER_DISTS, NetConditions
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 

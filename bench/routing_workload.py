@@ -7,11 +7,11 @@ the same moments, and a slow answer never delays the next request (no coordinate
 Each arrival names a stream (several ``ModelStreamInfer`` streams share the load), a model and an
 item. Items:
 
-- ``minilm``: the sentences the models build keeps in ``edge_models/data/sentences.txt``; quality is
+- ``minilm``: the sentences the models build keeps in ``src/fogline/modelbuild/data/sentences.txt``; quality is
   the cosine between the answer and the full (FP32) model's embedding of the same sentence, computed
   once here with ``FullModel``;
 - ``digits``: the held-out test images of scikit-learn's digits, split exactly as the models build
-  splits them (``edge_models.digits_net.load_digits_split``), so no training image is ever asked;
+  splits them (``fogline.models.digits_net.load_digits_split``), so no training image is ever asked;
   quality is accuracy against the true labels.
 """
 
@@ -121,11 +121,11 @@ def load_workload(models_dir: Path) -> Workload:
     """
     import torch
 
-    from edge_models.digits_net import DigitsConfig, load_digits_split
-    from edge_models.edge_runtime import EdgeModel
-    from edge_models.fidelity import cosine_rows, load_sentences
-    from edge_models.full_runtime import FullModel
-    from edge_models.repository import ModelRepository
+    from fogline.modelbuild.fidelity import cosine_rows, load_sentences
+    from fogline.models.digits_net import DigitsConfig, load_digits_split
+    from fogline.models.edge_runtime import EdgeModel
+    from fogline.models.full_runtime import FullModel
+    from fogline.models.repository import ModelRepository
 
     sentences = tuple(load_sentences())
     repo = ModelRepository(models_dir)

@@ -1,10 +1,11 @@
 """Regenerate the committed Python stubs from the .proto sources.
 
-    python scripts/gen_proto.py            # rewrite proto/fogline/inference/*_pb2*.py
+    python scripts/gen_proto.py            # rewrite src/fogline/inference/*_pb2*.py
     python scripts/gen_proto.py --out DIR  # write elsewhere (the staleness test uses this)
 
 The sources live under proto/fogline/... and protoc runs with proto/ as its include root, so the
-generated modules import each other as ``fogline.inference.*`` and never as a top-level ``proto``.
+generated modules (written under src/) import each other as ``fogline.inference.*`` and never as a
+top-level ``proto``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
+OUT_ROOT = ROOT / "src"
 
 
 def proto_sources() -> list[Path]:
@@ -49,7 +51,7 @@ def generate(out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=PROTO_ROOT, help="output root (default: proto/)")
+    parser.add_argument("--out", type=Path, default=OUT_ROOT, help="output root (default: src/)")
     args = parser.parse_args(argv)
     for path in generate(args.out):
         print(f"wrote {path.relative_to(args.out)}")

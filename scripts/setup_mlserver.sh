@@ -25,5 +25,5 @@ echo ">> installing torch==$TORCH_VERSION, mlserver==$MLSERVER_VERSION and fogli
 "$VENV/bin/python" -m pip install --quiet --progress-bar off "torch==$TORCH_VERSION" \
     "mlserver==$MLSERVER_VERSION" -e ".[models]"
 "$VENV/bin/mlserver" --version
-echo ">> done: write a repository with 'python -m cloud.mlserver_repo --models DIR --out REPO',"
+echo ">> done: write a repository with 'python -m fogline.cloud.mlserver_repo --models DIR --out REPO',"
 echo "   then '$VENV/bin/mlserver start REPO'"

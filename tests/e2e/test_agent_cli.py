@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from children import Child, start_agent
+
 from fogline import codec
 from fogline.inference import grpc_service_pb2 as pb
 from fogline.inference import grpc_service_pb2_grpc as pb_grpc
@@ -21,7 +22,7 @@ from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 pytestmark = [pytest.mark.e2e, pytest.mark.models]
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'proto'}", OMP_NUM_THREADS="1")
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 FLEET = textwrap.dedent(
     """
@@ -41,6 +42,13 @@ def agent_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "fogline.cli", "agent", *args]
 
 
+def assert_drained(agent: Child) -> None:
+    """It exited 0 after saying it drained on SIGTERM and stopped."""
+    assert agent.proc.wait(30) == 0
+    out = agent.out.text()
+    assert "SIGTERM, draining" in out and "stopped" in out
+
+
 @pytest.fixture
 def fleet(tmp_path):
     path = tmp_path / "fleet.yaml"
@@ -48,26 +56,13 @@ def fleet(tmp_path):
     return path
 
 
-def start_agent(fleet, model_repo, *extra):
-    proc = subprocess.Popen(
-        agent_cmd("run", "--config", str(fleet), "--device", "cam-001", "--models", str(model_repo), *extra),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO,
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.search(r"serving .* on [^ ]+:(\d+)", line)
-        if match:
-            return proc, int(match.group(1))
-    proc.kill()
-    raise AssertionError(f"agent did not start: {proc.stderr.read()}")
+def serve(fleet, model_repo, *extra) -> tuple[Child, int]:
+    return start_agent("--config", str(fleet), "--device", "cam-001", "--models", str(model_repo), *extra, env=ENV)
 
 
 def test_run_serves_then_drains_in_flight_stream_on_sigterm(fleet, model_repo):
-    proc, port = start_agent(fleet, model_repo, "--grace-s", "5")
-    try:
+    agent, port = serve(fleet, model_repo, "--grace-s", "5")
+    with agent:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             assert stub.ServerReady(pb.ServerReadyRequest()).ready
@@ -83,19 +78,19 @@ def test_run_serves_then_drains_in_flight_stream_on_sigterm(fleet, model_repo):
             def generate():
                 yield from requests
                 time.sleep(0.2)  # SIGTERM arrives while these are in flight and the stream is open
-                proc.send_signal(signal.SIGTERM)
+                agent.proc.send_signal(signal.SIGTERM)
                 time.sleep(1.0)
 
-            answers = list(stub.ModelStreamInfer(generate(), timeout=30))
+            answers, final = [], None
+            try:
+                for answer in stub.ModelStreamInfer(generate(), timeout=30):
+                    answers.append(answer)
+            except grpc.RpcError as exc:
+                final = exc.code()
         assert len(answers) == 40 and not any(a.error_message for a in answers)
+        assert final == grpc.StatusCode.UNAVAILABLE  # every request read was answered, then: reconnect
         assert sorted(int(a.infer_response.id) for a in answers) == list(range(40))
-        assert proc.wait(30) == 0
-        out = proc.stdout.read()
-        assert "SIGTERM, draining" in out and "stopped" in out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert_drained(agent)
 
 
 @pytest.mark.parametrize(
@@ -129,29 +124,21 @@ def test_systemd_notify_ready_watchdog_and_stopping(fleet, model_repo, tmp_path)
     sock.bind(str(path))
     sock.settimeout(30)
     env = dict(ENV, NOTIFY_SOCKET=str(path), WATCHDOG_USEC="1000000")
-    proc = subprocess.Popen(
-        agent_cmd("run", "--config", str(fleet), "--device", "cam-001", "--models", str(model_repo)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
-    )
-    try:
+    args = ("agent", "run", "--config", str(fleet), "--device", "cam-001", "--models", str(model_repo))
+    with sock, Child(*args, env=env) as agent:
         seen: list[str] = []
         while not any("WATCHDOG=1" in m for m in seen):
             seen.append(sock.recv(4096).decode())
         assert "READY=1" in seen[0] and "serving" in seen[0]
-        proc.send_signal(signal.SIGTERM)
+        agent.proc.send_signal(signal.SIGTERM)
         while not any("STOPPING=1" in m for m in seen):
             seen.append(sock.recv(4096).decode())
-        assert proc.wait(30) == 0
-    finally:
-        sock.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert agent.proc.wait(30) == 0
 
 
 def test_sigterm_answers_every_unary_call_in_flight(fleet, model_repo):
-    proc, port = start_agent(fleet, model_repo, "--grace-s", "20")
-    try:
+    agent, port = serve(fleet, model_repo, "--grace-s", "20")
+    with agent:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             texts = np.array([("a long sentence to embed " * 40).encode()] * 16, dtype=object)
@@ -162,15 +149,9 @@ def test_sigterm_answers_every_unary_call_in_flight(fleet, model_repo):
                 call.add_done_callback(lambda _: finished.append(time.monotonic()))
             time.sleep(0.05)
             signalled = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
+            agent.proc.send_signal(signal.SIGTERM)
             answers = [codec.response_from_proto(call.result()) for call in calls]
         assert sum(t > signalled for t in finished) >= 6  # most were still in flight when SIGTERM came
         assert sorted(int(a.id) for a in answers) == list(range(12))
         assert all(a.outputs["embedding"].shape == (16, 384) for a in answers)
-        assert proc.wait(30) == 0
-        out = proc.stdout.read()
-        assert "SIGTERM, draining" in out and "stopped" in out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert_drained(agent)

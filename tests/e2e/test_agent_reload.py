@@ -6,30 +6,23 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from fogline import codec
-from fogline.inference import grpc_service_pb2_grpc as pb_grpc
-from prometheus_client.parser import text_string_to_metric_families
+from children import SERVING, Child
 
-from agent.config import file_revision
-from agent.loopback import CloudProcess
+from fogline import codec
+from fogline.fleet import file_revision
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.models]
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'proto'}", OMP_NUM_THREADS="1",
+ENV = dict(os.environ, OMP_NUM_THREADS="1",
            FOGLINE_LOG_FORMAT="json")
 IMAGE = np.full((1, 8, 8), 8.0, np.float32)
 
@@ -49,52 +42,9 @@ def fleet_text(cloud_port: int, metrics_port: int, routing: str) -> str:
     ])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Lines:
-    """Collects a pipe's lines from a thread so the child never blocks on a full pipe."""
-
-    def __init__(self, pipe) -> None:
-        self.lines: list[str] = []
-        self._new: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
-
-    def _read(self, pipe) -> None:
-        for line in pipe:
-            self.lines.append(line)
-            self._new.put(line)
-
-    def wait_for(self, pattern: str, timeout_s: float = 60.0) -> re.Match[str]:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            try:
-                line = self._new.get(timeout=max(0.01, end - time.monotonic()))
-            except queue.Empty:
-                break
-            match = re.search(pattern, line)
-            if match:
-                return match
-        raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(self.lines)}")
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-@pytest.fixture(scope="module")
-def cloud(model_repo):
-    with CloudProcess(model_repo) as proc:
-        yield proc
-
-
-def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, model_repo, cloud):
-    metrics_port = free_port()
+def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, model_repo, cloud, free_port,
+                                                                  scrape_metrics):
+    metrics_port = free_port  # the agent's metrics endpoint takes a number (0 turns it off)
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(fleet_text(cloud.port, metrics_port, "{policy: edge_only, slo_ms: 300}"))
     first_revision = file_revision(fleet)
@@ -102,13 +52,9 @@ def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, mod
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     notify.settimeout(30)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fogline.cli", "agent", "run", "--config", str(fleet), "--device", "cam-001",
-         "--models", str(model_repo)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env=dict(ENV, NOTIFY_SOCKET=str(notify_path)),
-    )
-    out, err = Lines(proc.stdout), Lines(proc.stderr)
+    agent = Child("agent", "run", "--config", str(fleet), "--device", "cam-001", "--models", str(model_repo),
+                  env=dict(ENV, NOTIFY_SOCKET=str(notify_path)))
+    proc, out, err = agent.proc, agent.out, agent.err
     requests: queue.Queue = queue.Queue()
 
     def generate():
@@ -116,8 +62,9 @@ def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, mod
             yield item
 
     try:
-        port = int(out.wait_for(r"serving .* on [^ ]+:(\d+)", 90).group(1))
-        assert f"config revision {first_revision}" in out.lines[-1]
+        serving = out.wait_for(SERVING, 90)
+        port = int(serving.group(1))
+        assert f"config revision {first_revision}" in serving.string
         assert "READY=1" in notify.recv(4096).decode()
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         replies = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(generate(), timeout=120)
@@ -130,7 +77,7 @@ def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, mod
 
         first = ask(0)
         assert first["route_reason"] == "policy_edge_only" and first["config_revision"] == first_revision
-        m = scrape(metrics_port)
+        m = scrape_metrics(metrics_port)
         assert m[("fogline_agent_config_revision", ())] == 1
         assert m[("fogline_agent_config_info", (("path", str(fleet)), ("revision", "1"),
                                                ("sha256", first_revision)))] == 1
@@ -145,7 +92,7 @@ def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, mod
         params = [ask(i) for i in range(1, 4)]
         assert all(p["route_reason"] == "policy_cloud_only" and p["served_by"] == "cloud" for p in params), params
         assert all(p["config_revision"] == second_revision for p in params), params
-        m = scrape(metrics_port)
+        m = scrape_metrics(metrics_port)
         assert m[("fogline_agent_config_revision", ())] == 2
         assert m[("fogline_agent_config_reloads_total", (("result", "ok"),))] == 1
 
@@ -158,7 +105,7 @@ def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, mod
         params = [ask(i) for i in range(4, 7)]
         assert all(p["route_reason"] == "policy_cloud_only" for p in params), params
         assert all(p["config_revision"] == second_revision for p in params), params
-        m = scrape(metrics_port)
+        m = scrape_metrics(metrics_port)
         assert m[("fogline_agent_config_revision", ())] == 2
         assert m[("fogline_agent_config_reloads_total", (("result", "error"),))] == 1
         assert m[("fogline_agent_config_info", (("path", str(fleet)), ("revision", "2"),
@@ -172,6 +119,4 @@ def test_sighup_applies_new_routing_live_and_refuses_a_broken_file(tmp_path, mod
     finally:
         requests.put(None)
         notify.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        agent.kill()

@@ -1,4 +1,4 @@
-"""``python -m bench.netproxy`` as an operator runs it: start, change it over the control port, stop."""
+"""``python -m fogline.netproxy.proxy`` as an operator runs it: start, change it over the control port, stop."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from bench.netproxy_control import main as netproxy_main
-from bench.netproxy_control import send_command
+from fogline.netproxy.control import main as netproxy_main
+from fogline.netproxy.control import send_command
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ def test_cli_proxy_is_controlled_from_another_process(repo_root):
     assert thread.is_alive()
     target = srv.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.netproxy", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{target}",
+        [sys.executable, "-m", "fogline.netproxy.proxy", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{target}",
          "--delay-ms", "40", "--control", "127.0.0.1:0"],
         cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -84,7 +84,7 @@ def test_cli_proxy_is_controlled_from_another_process(repo_root):
 
 
 def test_cli_usage_errors_exit_2(repo_root):
-    proc = subprocess.run([sys.executable, "-m", "bench.netproxy", "--listen", "nowhere"], cwd=repo_root,
+    proc = subprocess.run([sys.executable, "-m", "fogline.netproxy.proxy", "--listen", "nowhere"], cwd=repo_root,
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "HOST:PORT" in proc.stderr
     assert netproxy_main(["ctl", "127.0.0.1:1", "status"]) == 1  # nothing listens there

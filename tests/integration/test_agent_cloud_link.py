@@ -1,13 +1,11 @@
-"""The cloud link against a plain v2 server that knows nothing about fogline.
-
-The server below answers like a stock Triton/KServe would: it echoes request ids, reports no
-``compute_ms``, signals model errors in ``error_message`` and keeps the stream open. Some model names
-make it misbehave on purpose (never answer, kill the stream) so the link's failure handling shows.
-"""
+"""The cloud link against a plain v2 server that knows nothing about fogline (``fake_v2.PlainV2``: it
+answers like a stock Triton/KServe would, and some model names make it misbehave on purpose, so the
+link's failure handling shows)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import time
@@ -15,39 +13,15 @@ import time
 import grpc
 import numpy as np
 import pytest
+from fake_v2 import PlainV2
+
 from fogline import codec
+from fogline.agent.cloud_link import CloudLink
+from fogline.agent.link_settings import LinkSettings
 from fogline.errors import ConfigError, Unavailable
-from fogline.inference import grpc_service_pb2 as pb
 from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
-from agent.cloud_link import CloudLink
-from agent.link_settings import LinkSettings
-
 pytestmark = pytest.mark.integration
-
-
-class PlainV2(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self):
-        self.ready_calls = 0
-
-    async def ServerReady(self, request, context):
-        self.ready_calls += 1
-        return pb.ServerReadyResponse(ready=True)
-
-    async def ModelStreamInfer(self, request_iterator, context):
-        async for msg in request_iterator:
-            req = codec.request_from_proto(msg)
-            if req.model_name == "hang":
-                continue
-            if req.model_name == "die":
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
-            if req.model_name == "boom":
-                yield pb.ModelStreamInferResponse(error_message="model boom failed",
-                                                  infer_response=pb.ModelInferResponse(id=msg.id))
-                continue
-            params = {"compute_ms": 80.0} if req.model_name == "reports" else {}
-            out = codec.InferResponse(req.model_name, {"y": req.inputs["x"] * 2}, "7", req.id, params)
-            yield pb.ModelStreamInferResponse(infer_response=codec.response_to_proto(out))
 
 
 class BareStream(PlainV2):
@@ -81,9 +55,22 @@ async def start_server(port=0, servicer=None):
     return server, servicer, bound
 
 
+@contextlib.asynccontextmanager
+async def connected(servicer=None, clock=None, **settings_kw):
+    """A test server and a started ``CloudLink`` to it; the link, then the server, closed on the way out."""
+    server, servicer, port = await start_server(servicer=servicer)
+    link = CloudLink(settings(port, **settings_kw), **({"clock": clock} if clock else {}))
+    await link.start()
+    try:
+        yield link, servicer
+    finally:
+        await link.close()
+        await server.stop(None)
+
+
 def settings(port, **kw):
     base = dict(endpoint=f"127.0.0.1:{port}", probe_interval_ms=50, connect_timeout_ms=500,
-                request_timeout_ms=400, backoff_initial_ms=50, backoff_max_ms=200)
+                request_timeout_ms=400, keepalive_timeout_ms=2000, backoff_initial_ms=50, backoff_max_ms=200)
     base.update(kw)
     return LinkSettings(**base)
 
@@ -94,10 +81,7 @@ def request(model, value, id_="client-id"):
 
 def test_multiplexed_answers_rtt_from_probes_and_model_errors():
     async def scenario():
-        server, servicer, port = await start_server()
-        link = CloudLink(settings(port))
-        await link.start()
-        try:
+        async with connected() as (link, servicer):
             assert await link.wait_usable(5.0)
             await asyncio.sleep(0.3)
             probes_before_traffic = servicer.ready_calls
@@ -111,9 +95,6 @@ def test_multiplexed_answers_rtt_from_probes_and_model_errors():
             benched = link.view("boom")
             view = link.view("m")
             return probes_before_traffic, answers, view, link.stats, benched
-        finally:
-            await link.close()
-            await server.stop(None)
 
     probes, answers, view, stats, benched = asyncio.run(scenario())
     # Three errors in a row bench that model on the cloud; the link and other models carry on.
@@ -128,10 +109,7 @@ def test_multiplexed_answers_rtt_from_probes_and_model_errors():
 
 def test_stalled_stream_fails_pending_fast_and_reconnects():
     async def scenario():
-        server, _, port = await start_server()
-        link = CloudLink(settings(port))
-        await link.start()
-        try:
+        async with connected() as (link, _):
             assert await link.wait_usable(5.0)
             start = time.monotonic()
             with pytest.raises(Unavailable, match="stalled"):
@@ -140,9 +118,6 @@ def test_stalled_stream_fails_pending_fast_and_reconnects():
             assert await link.wait_usable(5.0)
             answer = await link.submit(request("m", 3.0))
             return waited, answer, link.stats
-        finally:
-            await link.close()
-            await server.stop(None)
 
     waited, answer, stats = asyncio.run(scenario())
     assert 0.35 <= waited < 1.5
@@ -152,10 +127,7 @@ def test_stalled_stream_fails_pending_fast_and_reconnects():
 
 def test_broken_stream_fails_every_pending_request_at_once():
     async def scenario():
-        server, _, port = await start_server()
-        link = CloudLink(settings(port, request_timeout_ms=10_000))
-        await link.start()
-        try:
+        async with connected(request_timeout_ms=10_000) as (link, _):
             assert await link.wait_usable(5.0)
             hung = [link.submit(request("hang", float(i))) for i in range(5)]
             await asyncio.sleep(0.05)
@@ -163,9 +135,6 @@ def test_broken_stream_fails_every_pending_request_at_once():
             link.submit(request("die", 0.0))
             results = await asyncio.gather(*hung, return_exceptions=True)
             return time.monotonic() - start, results
-        finally:
-            await link.close()
-            await server.stop(None)
 
     elapsed, results = asyncio.run(scenario())
     assert all(isinstance(r, Unavailable) for r in results), results
@@ -204,10 +173,7 @@ def test_cloud_down_then_back_on_the_same_port():
 def test_auto_mode_switches_to_unary_for_a_non_triton_stream(version):
     """Version "7" makes the bare message unparseable (INTERNAL); "" makes it parse as an id-less error."""
     async def scenario():
-        server, servicer, port = await start_server(servicer=BareStream(version))
-        link = CloudLink(settings(port))
-        await link.start()
-        try:
+        async with connected(servicer=BareStream(version)) as (link, servicer):
             assert await link.wait_usable(5.0)
             with pytest.raises(Unavailable):
                 await link.submit(request("m", 1.0))  # the stream attempt fails fast...
@@ -218,9 +184,6 @@ def test_auto_mode_switches_to_unary_for_a_non_triton_stream(version):
             assert await link.wait_usable(5.0)
             answers = await asyncio.gather(*(link.submit(request("m", float(i), f"u{i}")) for i in range(6)))
             return link.mode, answers, servicer.unary_calls
-        finally:
-            await link.close()
-            await server.stop(None)
 
     mode, answers, unary_calls = asyncio.run(scenario())
     assert mode == "unary" and unary_calls == 6  # ...and from then on every request goes unary
@@ -232,10 +195,7 @@ def test_reported_compute_time_is_learned_and_fades_without_news():
     offset = [0.0]
 
     async def scenario():
-        server, _, port = await start_server()
-        link = CloudLink(settings(port), clock=lambda: time.monotonic() + offset[0])
-        await link.start()
-        try:
+        async with connected(clock=lambda: time.monotonic() + offset[0]) as (link, _):
             assert await link.wait_usable(5.0)
             answer = await link.submit(request("reports", 1.0))
             fresh = link.view("reports").cloud_compute_ms
@@ -243,9 +203,6 @@ def test_reported_compute_time_is_learned_and_fades_without_news():
             offset[0] += 5.0  # five seconds without a word from the cloud about this model
             faded = link.view("reports").cloud_compute_ms
             return answer, fresh, other, faded
-        finally:
-            await link.close()
-            await server.stop(None)
 
     answer, fresh, other, faded = asyncio.run(scenario())
     assert answer.response.parameters["compute_ms"] == 80.0

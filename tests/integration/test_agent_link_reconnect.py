@@ -11,15 +11,21 @@ import asyncio
 import time
 
 import pytest
-from fogline.inference import grpc_service_pb2 as pb
-from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 from grpc import aio
 
-from agent.cloud_link import CloudLink
-from agent.link_settings import LinkSettings
-from bench.netproxy import NetProxy
+from fogline.agent.cloud_link import CloudLink
+from fogline.agent.link_settings import LinkSettings
+from fogline.inference import grpc_service_pb2 as pb
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
+from fogline.netproxy.proxy import NetProxy
 
 pytestmark = pytest.mark.integration
+
+
+def fast_link(endpoint: str) -> LinkSettings:
+    """The link these tests were written against: shorter timeouts than a fleet file's defaults."""
+    return LinkSettings(endpoint=endpoint, connect_timeout_ms=1000, request_timeout_ms=3000,
+                        keepalive_timeout_ms=2000)
 
 
 class ReadyOnly(pb_grpc.GRPCInferenceServiceServicer):
@@ -52,7 +58,7 @@ def test_link_is_usable_again_soon_after_a_blackhole_lifts():
         proxy = NetProxy(target_host="127.0.0.1", target_port=port, seed=1, timeline=True)
         await proxy.start()
         proxy.set_conditions(delay_ms=5)
-        link = CloudLink(LinkSettings(endpoint=f"127.0.0.1:{proxy.port}"))
+        link = CloudLink(fast_link(f"127.0.0.1:{proxy.port}"))
         await link.start()
         try:
             assert await _busy_until(link, lambda v: v.usable, 10.0) is not None
@@ -80,7 +86,7 @@ def test_reconnect_attempts_against_a_dropping_server_stay_bounded():
             writer.transport.abort()
 
         server = await asyncio.start_server(drop, "127.0.0.1", 0)
-        link = CloudLink(LinkSettings(endpoint=f"127.0.0.1:{server.sockets[0].getsockname()[1]}"))
+        link = CloudLink(fast_link(f"127.0.0.1:{server.sockets[0].getsockname()[1]}"))
         await link.start()
         try:
             await _busy_until(link, lambda v: False, 4.0)

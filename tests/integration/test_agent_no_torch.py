@@ -20,9 +20,9 @@ SCRIPT = textwrap.dedent(
     import asyncio, json, sys
     import grpc
     import numpy as np
-    import agent.cli, agent.server, agent.cloud_link, agent.dataplane, agent.router, agent.edge_pool
-    from agent.loopback import device_config
-    from agent.server import create_server
+    import fogline.agent.cli, fogline.agent.server, fogline.agent.cloud_link, fogline.agent.dataplane, fogline.agent.router, fogline.agent.edge_pool
+    from fogline.demo.loopback import device_config
+    from fogline.agent.server import create_server
     from fogline import codec
     from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_agent_runs_without_importing_torch(model_repo):
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'proto'}", OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(model_repo)], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -5,34 +5,19 @@ prometheus-client's own parser)."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import urllib.request
 
 import grpc
 import numpy as np
 import pytest
-from fogline import codec
-from fogline.inference import grpc_service_pb2_grpc as pb_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
-from agent.loopback import CloudProcess, LoopbackRig, device_config
-from agent.router import RoutingPolicy
+from fogline import codec
+from fogline.agent.router_types import RoutingPolicy
+from fogline.demo.loopback import LoopbackRig, device_config
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]
 
 IMAGE = np.random.default_rng(5).uniform(0, 16, (1, 8, 8)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def cloud(model_repo):
-    with CloudProcess(model_repo) as proc:
-        yield proc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def routed(policy: str, metrics_port: int = 0, **routing):
@@ -61,17 +46,8 @@ async def infer(stub, image=IMAGE, id_="", **params):
     return codec.response_from_proto(await stub.ModelInfer(msg))
 
 
-def scrape(port: int) -> dict:
-    """``{family name: {(sample name, sorted labels): value}}`` from the agent's /metrics."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    families: dict = {}
-    for family in text_string_to_metric_families(text):
-        families[family.name] = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
-    return families
-
-
-def test_hedge_wins_on_a_slow_cloud_and_the_metrics_show_it(model_repo, cloud):
-    port = free_port()
+def test_hedge_wins_on_a_slow_cloud_and_the_metrics_show_it(model_repo, cloud, free_port, scrape_metrics):
+    port = free_port  # the agent's metrics endpoint takes a number (0 turns it off)
 
     async def body(rig, stub):
         runner = rig.server.dataplane.edge.runners["digits"]
@@ -80,43 +56,36 @@ def test_hedge_wins_on_a_slow_cloud_and_the_metrics_show_it(model_repo, cloud):
         asked = await infer(stub, id_="c", route="cloud")  # waits for the cloud: a cloud latency sample
         assert asked.parameters["served_by"] == "cloud"
         rig.server.refresh_gauges()
-        return replies, runner.calls - calls, await asyncio.to_thread(scrape, port)
+        return replies, runner.calls - calls, await asyncio.to_thread(scrape_metrics, port)
 
     # 2 x 40 ms of network delay: the cloud is preferred (80 ms < 300 ms) but slower than the 10 ms hedge.
     replies, edge_runs, m = run(model_repo, cloud, routed("hedged", port, hedge_delay_ms=10.0), 40, body)
     assert all(r.parameters["served_by"] == "edge" and r.parameters["route_reason"] == "cloud_late"
                and r.parameters["fallback"] for r in replies), [r.parameters for r in replies]
     assert edge_runs == 6
-    hedges = m["fogline_agent_hedges"]
-    assert hedges[("fogline_agent_hedges_total", (("model", "digits"), ("outcome", "won")))] == 6
-    assert hedges[("fogline_agent_hedges_total", (("model", "digits"), ("outcome", "lost")))] == 0
-    requests = m["fogline_agent_requests"]
-    assert requests[("fogline_agent_requests_total",
-                     (("model", "digits"), ("reason", "cloud_late"), ("tier", "edge")))] == 6
-    fallbacks = m["fogline_agent_fallbacks"]
-    assert fallbacks[("fogline_agent_fallbacks_total",
-                      (("from_tier", "cloud"), ("model", "digits"), ("to_tier", "edge")))] == 6
-    edge_hist = m["fogline_agent_edge_latency_seconds"]
-    assert edge_hist[("fogline_agent_edge_latency_seconds_count", (("model", "digits"),))] >= 6
-    assert edge_hist[("fogline_agent_edge_latency_seconds_bucket", (("le", "+Inf"), ("model", "digits")))] >= 6
-    whole = m["fogline_agent_request_latency_seconds"]
-    assert whole[("fogline_agent_request_latency_seconds_count", (("model", "digits"), ("tier", "edge")))] == 6
+    assert m[("fogline_agent_hedges_total", (("model", "digits"), ("outcome", "won")))] == 6
+    assert m[("fogline_agent_hedges_total", (("model", "digits"), ("outcome", "lost")))] == 0
+    assert m[("fogline_agent_requests_total",
+              (("model", "digits"), ("reason", "cloud_late"), ("tier", "edge")))] == 6
+    assert m[("fogline_agent_fallbacks_total",
+              (("from_tier", "cloud"), ("model", "digits"), ("to_tier", "edge")))] == 6
+    assert m[("fogline_agent_edge_latency_seconds_count", (("model", "digits"),))] >= 6
+    assert m[("fogline_agent_edge_latency_seconds_bucket", (("le", "+Inf"), ("model", "digits")))] >= 6
+    assert m[("fogline_agent_request_latency_seconds_count", (("model", "digits"), ("tier", "edge")))] == 6
     # Each answer came after the 10 ms hedge delay and well before the ~80 ms cloud round trip.
-    assert whole[("fogline_agent_request_latency_seconds_bucket",
-                  (("le", "0.005"), ("model", "digits"), ("tier", "edge")))] == 0
-    assert whole[("fogline_agent_request_latency_seconds_bucket",
-                  (("le", "0.05"), ("model", "digits"), ("tier", "edge")))] == 6
-    rtt = m["fogline_agent_cloud_rtt_seconds"][("fogline_agent_cloud_rtt_seconds", (("stat", "smoothed"),))]
+    assert m[("fogline_agent_request_latency_seconds_bucket",
+              (("le", "0.005"), ("model", "digits"), ("tier", "edge")))] == 0
+    assert m[("fogline_agent_request_latency_seconds_bucket",
+              (("le", "0.05"), ("model", "digits"), ("tier", "edge")))] == 6
+    rtt = m[("fogline_agent_cloud_rtt_seconds", (("stat", "smoothed"),))]
     assert 0.06 < rtt < 0.5, rtt
-    state = m["fogline_agent_cloud_link_state"]
-    assert state[("fogline_agent_cloud_link_state", (("state", "ready"),))] == 1
-    assert state[("fogline_agent_cloud_link_state", (("state", "down"),))] == 0
-    assert m["fogline_agent_config_revision"][("fogline_agent_config_revision", ())] == 1
-    assert m["fogline_agent_cpu_load_ratio"][("fogline_agent_cpu_load_ratio", ())] == pytest.approx(0.05)
-    cloud_hist = m["fogline_agent_cloud_latency_seconds"]
-    assert cloud_hist[("fogline_agent_cloud_latency_seconds_count", (("model", "digits"),))] == 1
-    assert cloud_hist[("fogline_agent_cloud_latency_seconds_sum", (("model", "digits"),))] > 0.06
-    assert any(("device", "loopback") in labels for _, labels in m["fogline_agent_build_info"])
+    assert m[("fogline_agent_cloud_link_state", (("state", "ready"),))] == 1
+    assert m[("fogline_agent_cloud_link_state", (("state", "down"),))] == 0
+    assert m[("fogline_agent_config_revision", ())] == 1
+    assert m[("fogline_agent_cpu_load_ratio", ())] == pytest.approx(0.05)
+    assert m[("fogline_agent_cloud_latency_seconds_count", (("model", "digits"),))] == 1
+    assert m[("fogline_agent_cloud_latency_seconds_sum", (("model", "digits"),))] > 0.06
+    assert any(("device", "loopback") in labels for name, labels in m if name == "fogline_agent_build_info")
 
 
 def test_hedge_does_not_double_work_on_a_fast_cloud(model_repo, cloud):

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import grpc
 import numpy as np
 import pytest
-from fogline import codec
-from fogline.inference import grpc_service_pb2 as pb
-from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from agent.loopback import CloudProcess, LoopbackRig, device_config
+from fogline import codec
+from fogline.demo.loopback import LoopbackRig, device_config
+from fogline.inference import grpc_service_pb2 as pb
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]
 
 IMAGE = np.random.default_rng(1).uniform(0, 16, (2, 8, 8)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def cloud(model_repo):
-    with CloudProcess(model_repo) as proc:
-        yield proc
 
 
 def digits(id_="", **params):
@@ -107,7 +102,7 @@ def test_stream_answers_out_of_order_and_survives_bad_requests(model_repo, cloud
     assert sorted(ids) == sorted(["big", "broken"] + [f"d{i}" for i in range(5)] + [f"c{i}" for i in range(5)])
     assert ids.index("d0") < ids.index("big")  # small requests did not wait for the big one
     broken = next(r for r in replies if r.infer_response.id == "broken")
-    assert "INVALID_ARGUMENT" in broken.error_message and "image" in broken.error_message
+    assert broken.error_message.startswith("[INVALID_ARGUMENT] ") and "image" in broken.error_message
     for r in replies:
         if r.infer_response.id.startswith("c"):
             params = codec.params_from_proto(r.infer_response.parameters)
@@ -129,6 +124,9 @@ def test_a_lone_client_waiting_on_its_stream_gets_the_edge_model_run_on_the_even
     async def body(rig, channel, stub):
         runner = rig.server.dataplane.edge.runners["minilm"]
         assert not runner.inline  # minilm is not cheap enough to run on the loop by itself
+        # Whether a call is short enough for the loop depends on this machine's speed; what is under test
+        # here is when the servicer says a client waits alone, so any call time qualifies.
+        runner.on_loop_max_ms = math.inf
         counts = {}
         mark = runner.calls_on_loop
         call = stub.ModelStreamInfer()

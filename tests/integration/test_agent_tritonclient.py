@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from agent.loopback import CloudProcess, LoopbackRig
+from fogline.demo.loopback import LoopbackRig
 
 pytestmark = [
     pytest.mark.integration,
@@ -96,9 +96,9 @@ CLIENT = textwrap.dedent(
 
 def reference(model_repo):
     """What the edge (INT8, onnxruntime) and full (FP32) models answer for the client's inputs."""
-    from edge_models.edge_runtime import EdgeModel
-    from edge_models.full_runtime import FullModel
-    from edge_models.repository import ModelRepository
+    from fogline.models.edge_runtime import EdgeModel
+    from fogline.models.full_runtime import FullModel
+    from fogline.models.repository import ModelRepository
 
     repo = ModelRepository(model_repo)
     rng = np.random.default_rng(3)
@@ -112,7 +112,7 @@ def reference(model_repo):
     return out
 
 
-def test_tritonclient_unary_and_streaming_get_correct_answers(model_repo):
+def test_tritonclient_unary_and_streaming_get_correct_answers(model_repo, cloud):
     expected = reference(model_repo)
 
     async def scenario(port):
@@ -125,8 +125,7 @@ def test_tritonclient_unary_and_streaming_get_correct_answers(model_repo):
             assert proc.returncode == 0, stderr.decode()[-3000:]
             return json.loads(stdout)
 
-    with CloudProcess(model_repo) as cloud:
-        out = asyncio.run(scenario(cloud.port))
+    out = asyncio.run(scenario(cloud.port))
 
     assert out["live"] and out["ready"] and out["model_ready"]
     assert out["meta"]["inputs"][0]["name"] == "text" and out["meta"]["inputs"][0]["datatype"] == "BYTES"

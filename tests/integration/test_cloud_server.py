@@ -8,26 +8,21 @@ register ``inference.*`` in protobuf's default pool, so they cannot share a proc
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
-import subprocess
-import sys
-import textwrap
-import threading
 import time
-import urllib.request
 
 import grpc
 import numpy as np
 import pytest
-from fogline import codec
-from fogline.inference import grpc_service_pb2 as pb
-from fogline.inference import grpc_service_pb2_grpc as pb_grpc
+from cloud_thread import CloudThread, metric, run_python
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cloud.server import create_server, load_models
-from cloud.settings import ServingSettings
+from fogline import codec
+from fogline.cloud.server import load_models
+from fogline.cloud.settings import ServingSettings
+from fogline.inference import grpc_service_pb2 as pb
+from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.models, pytest.mark.slow]
 
@@ -40,51 +35,6 @@ TEXTS = [
 ]
 
 
-class ServerThread:
-    """A cloud server on its own event loop in a daemon thread."""
-
-    def __init__(self, settings: ServingSettings, models) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._main, args=(settings, models), daemon=True)
-        self._thread.start()
-        assert self._ready.wait(30), "the server did not start"
-        self.address = f"127.0.0.1:{self.port}"
-
-    def _main(self, settings, models) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def boot():
-            self.server, self.port = create_server(settings, models=models)
-            await self.server.start()
-
-        self.loop.run_until_complete(boot())
-        self._ready.set()
-        self.loop.run_forever()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(1), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-    def metrics_text(self) -> str:
-        url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as reply:
-            return reply.read().decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, value = line.rsplit(" ", 1)
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
 @pytest.fixture(scope="module")
 def models(model_repo):
     return {m.name: m for m in load_models(ServingSettings(device="cpu", torch_threads=1), model_repo)}
@@ -92,8 +42,10 @@ def models(model_repo):
 
 @pytest.fixture(scope="module")
 def cloud(models):
-    settings = ServingSettings(listen="127.0.0.1:0", device="cpu", metrics_port=0, max_batch_size=16)
-    server = ServerThread(settings, list(models.values()))
+    settings = ServingSettings(
+        listen="127.0.0.1:0", device="cpu", metrics_port=0, max_batch_size=16, reflection=True
+    )
+    server = CloudThread(settings, list(models.values()))
     yield server
     server.stop()
 
@@ -105,7 +57,7 @@ def tight(models):
         listen="127.0.0.1:0", device="cpu", metrics_port=None, max_batch_size=1, max_queue_size=2,
         max_message_bytes=1 << 20,
     )  # fmt: skip
-    server = ServerThread(settings, list(models.values()))
+    server = CloudThread(settings, list(models.values()))
     yield server
     server.stop()
 
@@ -268,9 +220,9 @@ def test_stream_mixing_good_and_bad_requests_answers_each_and_stays_open(stub, m
             got = codec.response_from_proto(reply.infer_response).outputs["probabilities"]
             np.testing.assert_allclose(got, expected[rid], atol=1e-5)
         elif rid == "unknown":
-            assert reply.error_message.startswith("NOT_FOUND")
+            assert reply.error_message.startswith("[NOT_FOUND] ")
         else:
-            assert reply.error_message.startswith("INVALID_ARGUMENT"), reply.error_message
+            assert reply.error_message.startswith("[INVALID_ARGUMENT] "), reply.error_message
             assert expected[rid] in reply.error_message
 
 
@@ -293,7 +245,7 @@ def test_queue_overflow_is_refused_with_resource_exhausted(tight):
     replies = stream_all(stub, [slow, *quick])
     assert len(replies) == 13
     refused = [r for r in replies if r.error_message]
-    assert refused and all(r.error_message.startswith("RESOURCE_EXHAUSTED") for r in refused)
+    assert refused and all(r.error_message.startswith("[RESOURCE_EXHAUSTED] ") for r in refused)
     assert "max_queue_size 2" in refused[0].error_message
     answered = [r for r in replies if not r.error_message]
     assert "slow" in {r.infer_response.id for r in answered} and len(answered) >= 3
@@ -313,7 +265,7 @@ def test_expired_deadlines_are_dropped_before_compute(cloud, stub):
     replies = stream_all(stub, [request("minilm", {"text": texts(["late"] * 5)}, "late", deadline_ms=1)])
     slow.result()
     assert replies[0].infer_response.id == "late"
-    assert replies[0].error_message.startswith("DEADLINE_EXCEEDED")
+    assert replies[0].error_message.startswith("[DEADLINE_EXCEEDED] ")
     assert "dropped before compute" in replies[0].error_message
     after = metric(cloud.metrics_text(), "nv_inference_count_total", model="minilm")
     assert after - before == 64, "only the 64-row request may have been computed"
@@ -385,15 +337,7 @@ print(json.dumps(out))
 def test_unmodified_tritonclient_unary_and_streaming(cloud, models):
     x = images(4, seed=9)
     payload = json.dumps([cloud.port, TEXTS, x.tolist()])
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(TRITON_SCRIPT)],
-        input=payload,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout)
+    got = json.loads(run_python(TRITON_SCRIPT, stdin=payload, timeout_s=180))
     assert got["ready"]
     want = {
         "minilm": models["minilm"].predict({"text": texts(TEXTS)})["embedding"],

@@ -7,7 +7,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.metrics import AgentMetrics, start_metrics_server
+from fogline.agent.metrics import AgentMetrics
+from fogline.serving.metrics_endpoint import MetricsEndpoint
 
 pytestmark = pytest.mark.integration
 
@@ -47,11 +48,11 @@ def test_scraped_metrics_reflect_what_the_agent_recorded():
     metrics.set_config(7, sha256="ab12", path="/etc/fogline/fleet.yaml")
     metrics.observe_reload(ok=False)
 
-    server = start_metrics_server(0, registry=metrics)
+    server = MetricsEndpoint(metrics, "127.0.0.1", 0)
     try:
         s = _scrape(server.url)
     finally:
-        server.stop()
+        server.close()
 
     p = "fogline_agent_"
     assert _value(s, p + "requests_total", model="digits", tier="cloud", reason="rtt_ok") == 3
@@ -85,4 +86,4 @@ def test_two_agents_in_one_process_do_not_collide_and_bad_labels_are_refused():
     with pytest.raises(ValueError, match="link state"):
         a.set_link_state("sideways")
     with pytest.raises(ValueError):
-        start_metrics_server(0)
+        MetricsEndpoint(object())

@@ -1,93 +1,33 @@
 """MLServer as fogline's cloud: a real MLServer process (its own virtual environment) serving the full
-models through ``cloud.mlserver_runtime``, called by a fogline v2 client (``fogline.codec`` + the
+models through ``fogline.cloud.mlserver_runtime``, called by a fogline v2 client (``fogline.codec`` + the
 generated stubs), answers match the full models run in-process."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import time
-from pathlib import Path
-
 import grpc
 import numpy as np
 import pytest
+
 from fogline import codec
 from fogline.inference import grpc_service_pb2 as pb
 from fogline.inference import grpc_service_pb2_grpc as pb_grpc
 
-from cloud.mlserver_repo import write_repository
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MLSERVER = REPO_ROOT / ".venv-mlserver" / "bin" / "mlserver"
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    pytest.mark.models,
-    pytest.mark.skipif(not MLSERVER.exists(), reason=".venv-mlserver is absent: run scripts/setup_mlserver.sh "
-                       "to create MLServer's own virtual environment"),
-]
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.models]
 
 
 @pytest.fixture(scope="module")
-def mlserver(model_repo, tmp_path_factory):
-    """``(stub, process)`` of an MLServer serving minilm and digits on loopback."""
-    folder = tmp_path_factory.mktemp("mlserver-repo")
-    grpc_port, http_port, metrics_port = _free_ports(3)
-    write_repository(model_repo, folder, torch_threads=1, grpc_port=grpc_port, http_port=http_port,
-                     metrics_port=metrics_port)
-    log_path = folder / "mlserver.log"
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'proto'}",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.pop("VIRTUAL_ENV", None)
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([str(MLSERVER), "start", str(folder)], cwd=folder, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-    stub = pb_grpc.GRPCInferenceServiceStub(channel)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlserver exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if all(stub.ModelReady(pb.ModelReadyRequest(name=n), timeout=2).ready for n in ("minilm", "digits")):
-                    break
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlserver not ready in 240 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield stub, proc
-    finally:
-        channel.close()
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+def mlserver(mlserver_process):
+    """``(stub, process)`` of the session's MLServer (tests/integration/conftest.py)."""
+    with grpc.insecure_channel(f"127.0.0.1:{mlserver_process.grpc_port}") as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel), mlserver_process.proc
 
 
 @pytest.fixture(scope="module")
 def full_models(model_repo):
     import torch
 
-    from edge_models.full_runtime import FullModel
-    from edge_models.repository import ModelRepository
+    from fogline.models.full_runtime import FullModel
+    from fogline.models.repository import ModelRepository
 
     torch.set_num_threads(1)
     repo = ModelRepository(model_repo)

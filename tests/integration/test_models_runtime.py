@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fogline.errors import InvalidInput
 
-from edge_models.edge_runtime import EdgeModel
-from edge_models.full_runtime import FullModel
-from edge_models.repository import ModelRepository
+from fogline.errors import InvalidInput
+from fogline.models.edge_runtime import EdgeModel
+from fogline.models.full_runtime import FullModel
+from fogline.models.repository import ModelRepository
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]
 
@@ -32,8 +32,8 @@ def repo(model_repo: Path) -> ModelRepository:
 
 @pytest.fixture(scope="module")
 def digits_test_images() -> tuple[np.ndarray, np.ndarray]:
-    from edge_models.build_digits import CONFIG
-    from edge_models.digits_net import load_digits_split
+    from fogline.modelbuild.build_digits import CONFIG
+    from fogline.models.digits_net import load_digits_split
 
     data = load_digits_split(CONFIG)
     return data.test_x, data.test_y
@@ -63,7 +63,7 @@ def test_minilm_edge_and_full_agree_and_are_normalised(repo: ModelRepository) ->
 def test_minilm_full_model_matches_sentence_transformers(repo: ModelRepository) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from edge_models.build_minilm import package_model_dir
+    from fogline.modelbuild.build_minilm import package_model_dir
 
     reference = SentenceTransformer(str(package_model_dir()), device="cpu")
     expected = reference.encode(SENTENCES, normalize_embeddings=True)
@@ -130,13 +130,13 @@ def test_full_model_loads_on_cpu_device_explicitly(repo: ModelRepository) -> Non
 def test_edge_runtime_never_imports_torch(repo_root: Path, model_repo: Path) -> None:
     code = (
         "import sys, numpy as np\n"
-        "from edge_models.edge_runtime import EdgeModel\n"
-        "from edge_models.repository import ModelRepository\n"
+        "from fogline.models.edge_runtime import EdgeModel\n"
+        "from fogline.models.repository import ModelRepository\n"
         f"repo = ModelRepository({str(model_repo)!r})\n"
         "m = EdgeModel.load(repo.resolve('minilm'))\n"
         "m.predict({'text': np.array([b'hello'], dtype=object)})\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    env = {"PYTHONPATH": f"{repo_root}:{repo_root / 'proto'}", "PATH": "/usr/bin:/bin"}
+    env = {"PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from bench.netproxy import BackgroundNetProxy, NetConditions, NetProxy
+from fogline.netproxy.proxy import BackgroundNetProxy, NetConditions, NetProxy
 
 pytestmark = pytest.mark.integration
 

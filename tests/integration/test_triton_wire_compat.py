@@ -9,12 +9,11 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
+from cloud_thread import run_python
+
 from fogline import codec
 from fogline.inference import grpc_service_pb2 as pb
 
@@ -27,21 +26,9 @@ pytestmark = [
 ]
 
 
-def run_triton(script: str, stdin: str = "") -> str:
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
 def test_message_descriptors_match_tritonclient():
     theirs = json.loads(
-        run_triton(
+        run_python(
             """
             import json
             from tritonclient.grpc import service_pb2 as s
@@ -77,7 +64,7 @@ def test_message_descriptors_match_tritonclient():
 
 def test_tritonclient_request_decodes_and_fogline_response_reads_back():
     """InferInput built with tritonclient's helpers -> fogline decode -> fogline encode -> InferResult."""
-    request_b64 = run_triton(
+    request_b64 = run_python(
         """
         import base64
         import numpy as np
@@ -110,7 +97,7 @@ def test_tritonclient_request_decodes_and_fogline_response_reads_back():
     response = codec.InferResponse("m", dict(req.inputs), "1", "r1", {"served_by": "edge", "fallback": False})
     payload = base64.b64encode(codec.response_to_proto(response).SerializeToString()).decode()
     read_back = json.loads(
-        run_triton(
+        run_python(
             """
             import base64, json, sys
             import tritonclient.grpc as grpcclient

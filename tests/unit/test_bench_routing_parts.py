@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 
 from bench.cli import main as bench_main
-from bench.netproxy import NetConditions
-from bench.netproxy_timeline import LinkTimeline
 from bench.routing_driver import Outcome
 from bench.routing_metrics import classify, gates_for_scenario, percentile, summarize, winner
 from bench.routing_oracle import (
@@ -22,6 +20,8 @@ from bench.routing_oracle import (
 )
 from bench.routing_scenarios import Phase, ScenarioError, load_scenarios, scenario_from_mapping
 from bench.routing_workload import Arrival, poisson_schedule, scenario_seed
+from fogline.netproxy.proxy import NetConditions
+from fogline.netproxy.timeline import LinkTimeline
 
 pytestmark = pytest.mark.unit
 

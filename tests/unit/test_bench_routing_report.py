@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.netproxy import NetConditions
 from bench.routing import BenchConfig, BenchResult, PolicyRun, ScenarioResult
 from bench.routing_driver import Outcome
 from bench.routing_oracle import ServiceTimes, oracle_choices
 from bench.routing_report import plot_scenario, render_markdown, write_report
 from bench.routing_scenarios import Phase, scenario_from_mapping
 from bench.routing_workload import Workload, poisson_schedule
+from fogline.netproxy.proxy import NetConditions
 
 pytestmark = pytest.mark.unit
 

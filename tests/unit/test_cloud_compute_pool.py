@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from cloud.batcher import DynamicBatcher
-from cloud.compute_pool import ComputePool
+from fogline.cloud.batcher import DynamicBatcher
+from fogline.cloud.compute_pool import ComputePool
 
 pytestmark = pytest.mark.unit
 
@@ -41,9 +41,10 @@ def test_workers_are_handed_out_lowest_first_and_waiters_first_come_first_served
             return worker
 
         a = asyncio.create_task(wait("a"))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # `a` runs up to its wait (tasks start in the order they were made)
         b = asyncio.create_task(wait("b"))
-        await asyncio.sleep(0.01)
+        for _ in range(5):
+            await asyncio.sleep(0)
         assert order == []  # both wait: every worker is taken
         pool.release(second)
         await a
@@ -65,7 +66,7 @@ def test_a_cancelled_waiter_does_not_swallow_a_worker():
         pool = ComputePool(1)
         held = await pool.acquire()
         waiter = asyncio.create_task(pool.acquire())
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the waiter is now queued for a worker
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
@@ -78,7 +79,7 @@ def test_a_cancelled_waiter_does_not_swallow_a_worker():
     assert run(main()) == 0
 
 
-def test_worker_zero_alone_gets_every_thread_and_other_workers_get_one():
+def test_worker_zero_alone_gets_every_thread_and_other_workers_get_one(async_until):
     log = ThreadLog()
     gate = threading.Event()
 
@@ -86,7 +87,7 @@ def test_worker_zero_alone_gets_every_thread_and_other_workers_get_one():
         pool = ComputePool(2, total_threads=4, set_threads=log, name="pool")
         w0 = await pool.acquire()
         slow = pool.start(w0, gate.wait, 5)  # alone: 4 threads on worker 0
-        await asyncio.sleep(0.05)
+        await async_until(lambda: log.calls)  # worker 0's thread has sized itself
         w1 = await pool.acquire()
         assert pool.in_flight == 1
         await pool.run(w1, lambda: None)  # beside a running call: worker 1 always runs on one thread
@@ -105,10 +106,13 @@ def test_worker_zero_alone_gets_every_thread_and_other_workers_get_one():
 
 
 class SlowDoubler:
-    """``y = 2x``; each call sleeps so batches overlap; records the peak number of calls at once."""
+    """``y = 2x``; records the peak number of calls at once. With ``overlap=n``, the first ``n`` calls
+    wait for each other (a barrier), so they provably run side by side however slow the machine; the
+    others take ``seconds``."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, overlap: int = 0) -> None:
         self.seconds = seconds
+        self.barrier = threading.Barrier(overlap) if overlap else None
         self.now = 0
         self.peak = 0
         self.lock = threading.Lock()
@@ -119,14 +123,18 @@ class SlowDoubler:
             self.now += 1
             self.peak = max(self.peak, self.now)
             self.calls.append(len(inputs["x"]))
-        threading.Event().wait(self.seconds)
+            first_calls = self.barrier is not None and len(self.calls) <= self.barrier.parties
+        if first_calls:
+            self.barrier.wait(15)  # BrokenBarrierError if the pool never ran them side by side
+        else:
+            threading.Event().wait(self.seconds)
         with self.lock:
             self.now -= 1
         return {"y": inputs["x"] * 2}
 
 
 def test_batcher_runs_batches_side_by_side_on_a_two_worker_pool_and_answers_all():
-    model = SlowDoubler(0.05)
+    model = SlowDoubler(0.005, overlap=2)
 
     async def main():
         pool = ComputePool(2)
@@ -146,7 +154,7 @@ def test_batcher_runs_batches_side_by_side_on_a_two_worker_pool_and_answers_all(
 
 
 def test_two_models_share_one_pool_without_starving_each_other():
-    a, b = SlowDoubler(0.03), SlowDoubler(0.03)
+    a, b = SlowDoubler(0.005), SlowDoubler(0.005)
 
     async def main():
         pool = ComputePool(1)

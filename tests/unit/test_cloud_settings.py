@@ -1,4 +1,4 @@
-"""Serving settings: validation, the fleet YAML's cloud.serving section, flags over YAML."""
+"""Serving settings: validation, the fleet file's cloud.serving block, flags over the file."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from fogline.errors import ConfigError
 
-from cloud.cli import build_parser, settings_from_args
-from cloud.settings import ServingSettings, _settings_from_yaml, parse_listen, settings_from_mapping
+from fogline.cloud.cli import build_parser, settings_from_args
+from fogline.cloud.settings import ServingSettings, parse_listen, settings_from_fleet
+from fogline.errors import ConfigError
+from fogline.fleet import FleetConfigError
 
 pytestmark = pytest.mark.unit
 
@@ -48,33 +49,24 @@ def test_parse_listen():
         parse_listen(":9000")
 
 
-def test_mapping_rejects_unknown_keys_and_null_metrics_port_turns_metrics_off():
-    with pytest.raises(ConfigError, match="unknown key\\(s\\) max_batch"):
-        settings_from_mapping({"max_batch": 3}, source="x.yaml")
-    assert settings_from_mapping({"metrics_port": None}).metrics_port is None
-    assert settings_from_mapping({"device": None}).device == "auto"
-
-
-def test_yaml_section_is_read_and_relative_models_dir_is_beside_the_file(tmp_path: Path):
+def test_fleet_block_is_read_and_relative_models_dir_is_beside_the_file(tmp_path: Path):
     fleet = tmp_path / "fleet.yaml"
-    fleet.write_text("cloud:\n  serving:\n    max_batch_size: 8\n    models_dir: store\n    grace_s: 3\n")
-    settings = _settings_from_yaml(fleet)
+    fleet.write_text("version: 1\ncloud:\n  serving:\n    max_batch_size: 8\n    models_dir: store\n"
+                     "    grace_s: 3.0\n    metrics_port: null\n")
+    settings = settings_from_fleet(fleet)
     assert settings.max_batch_size == 8 and settings.grace_s == 3
-    assert settings.models_dir == tmp_path / "store"
-    fleet.write_text("cloud:\n  serving:\n    max_batch_size: zero\n")
-    with pytest.raises(ConfigError, match=r"fleet\.yaml: cloud\.serving: max_batch_size"):
-        _settings_from_yaml(fleet)
+    assert settings.models_dir == tmp_path / "store" and settings.metrics_port is None
+    fleet.write_text("version: 1\ncloud:\n  serving:\n    max_batch_size: zero\n")
+    with pytest.raises(FleetConfigError, match=r"fleet\.yaml:4:\d+: cloud\.serving\.max_batch_size"):
+        settings_from_fleet(fleet)
     fleet.write_text("cloud: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        _settings_from_yaml(fleet)
+    with pytest.raises(ConfigError):
+        settings_from_fleet(fleet)
 
 
-def test_flags_override_the_yaml(tmp_path: Path, monkeypatch):
+def test_flags_override_the_yaml(tmp_path: Path):
     fleet = tmp_path / "fleet.yaml"
-    fleet.write_text("cloud:\n  serving: {max_batch_size: 8, max_queue_size: 5, listen: '0.0.0.0:9001'}\n")
-    # Read the YAML section directly even where agent.config.load_fleet exists.
-    monkeypatch.setattr("cloud.settings.settings_from_fleet", _settings_from_yaml, raising=True)
-    monkeypatch.setattr("cloud.cli.settings_from_fleet", _settings_from_yaml, raising=True)
+    fleet.write_text("version: 1\ncloud:\n  serving: {max_batch_size: 8, max_queue_size: 5, listen: '0.0.0.0:9001'}\n")
     args = build_parser("fogline cloud").parse_args(
         ["serve", "--config", str(fleet), "--max-batch-size", "2", "--metrics-port", "off", "--device", "cpu"]
     )

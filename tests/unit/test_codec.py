@@ -6,12 +6,13 @@ import struct
 
 import numpy as np
 import pytest
-from fogline import codec
-from fogline.errors import InvalidInput
-from fogline.inference import grpc_service_pb2 as pb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from fogline import codec
+from fogline.errors import InvalidInput
+from fogline.inference import grpc_service_pb2 as pb
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.fleet_cli import MASK, main
+from fogline.fleet.cli import MASK, main
 
 pytestmark = pytest.mark.unit
 

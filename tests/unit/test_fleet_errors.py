@@ -5,9 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from fogline.errors import ConfigError
 
-from agent.config import FleetConfigError, load_fleet, parse_fleet
+from fogline.errors import ConfigError
+from fogline.fleet import FleetConfigError, load_fleet, parse_fleet
 
 pytestmark = pytest.mark.unit
 
@@ -52,13 +52,30 @@ def test_unknown_key_without_a_close_match_lists_the_valid_ones():
     assert message == "unknown key 'zzz'; valid keys: max_batch_size, max_queue_delay_ms, max_queue_size"
 
 
-def test_unknown_top_level_key():
-    assert only("version: 1\ndevice:\n  cam-1: {}\n") == (
-        2,
-        1,
-        "device",
-        "unknown key 'device'; did you mean 'devices'?",
-    )
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("version: 1\ndevice:\n  cam-1: {}\n",
+                     (2, 1, "device", "unknown key 'device'; did you mean 'devices'?"),
+                     id="unknown_top_level_key"),
+        pytest.param("devices: {cam-1: {}}\n",
+                     (1, 1, "", "missing required key 'version'; add 'version: 1' at the top"),
+                     id="version_is_required"),
+        pytest.param("version: 2\n",
+                     (1, 10, "version", "unsupported format version 2; this fogline reads version 1"),
+                     id="version_is_checked"),
+        pytest.param("version: 1\ncloud:\n  tls: {enabled: true, cert_file: c.pem}\n",
+                     (3, 8, "cloud.tls",
+                      "cert_file and key_file go together (client certificate): set both or neither"),
+                     id="tls_files_go_together"),
+        pytest.param("version: 1\ndefaults:\n  labels: {rack: 7}\n",
+                     (3, 18, "defaults.labels.rack",
+                      "expected a string, got 7; put it in quotes if it is meant as text"),
+                     id="numbers_where_text_is_expected_suggest_quotes"),
+    ],
+)
+def test_one_problem_at_its_place(text, expected):
+    assert only(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -72,12 +89,8 @@ def test_unknown_top_level_key():
     ],
 )
 def test_types_and_ranges_of_a_number(value, message):
-    assert only(f"version: 1\ndefaults:\n  routing:\n    slo_ms: {value}\n") == (
-        4,
-        13,
-        "defaults.routing.slo_ms",
-        message,
-    )
+    expected = (4, 13, "defaults.routing.slo_ms", message)
+    assert only(f"version: 1\ndefaults:\n  routing:\n    slo_ms: {value}\n") == expected
 
 
 def test_choice_with_a_suggestion():
@@ -219,21 +232,6 @@ def test_model_list_rules():
     ]
 
 
-def test_version_is_required_and_checked():
-    assert only("devices: {cam-1: {}}\n") == (
-        1,
-        1,
-        "",
-        "missing required key 'version'; add 'version: 1' at the top",
-    )
-    assert only("version: 2\n") == (
-        1,
-        10,
-        "version",
-        "unsupported format version 2; this fogline reads version 1",
-    )
-
-
 def test_misplaced_keys():
     found = problems(
         """
@@ -282,15 +280,6 @@ def test_yaml_level_mistakes():
     ]
 
 
-def test_tls_files_go_together():
-    assert only("version: 1\ncloud:\n  tls: {enabled: true, cert_file: c.pem}\n") == (
-        3,
-        8,
-        "cloud.tls",
-        "cert_file and key_file go together (client certificate): set both or neither",
-    )
-
-
 def test_every_problem_is_reported_at_once_in_file_order():
     found = problems(
         """
@@ -332,7 +321,7 @@ def test_logging_level_is_case_insensitive_but_checked():
             "devices.a.logging.level",
             "must be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL', got the text 'chatty'",
         ),
-        (2, 48, "devices.a.logging.format", "must be 'text' or 'json', got the text 'xml'"),
+        (2, 48, "devices.a.logging.format", "must be 'text', 'json' or 'auto', got the text 'xml'"),
     ]
 
 
@@ -409,16 +398,73 @@ def test_unknown_device_suggests_a_close_one():
         fleet.device("zzz")
 
 
-def test_absurdly_deep_nesting_is_a_problem_not_a_crash():
-    text = "version: 1\ndefaults: {labels: " + "[" * 5000 + "]" * 5000 + "}\n"
+@pytest.fixture(params=["libyaml", "pure-python"])
+def yaml_loader(request, monkeypatch):
+    """Runs a test with PyYAML's C loader (when this install has it) and with its pure-Python loader."""
+    import yaml
+
+    from fogline.fleet import document
+
+    if request.param == "libyaml":
+        if not hasattr(yaml, "CSafeLoader"):
+            pytest.skip("this PyYAML was built without libyaml")
+        monkeypatch.setattr(document, "_FAST_LOADER", yaml.CSafeLoader)
+    else:
+        monkeypatch.setattr(document, "_FAST_LOADER", yaml.SafeLoader)
+    return request.param
+
+
+@pytest.mark.parametrize("depth", [65, 5000, 200_000])
+def test_absurdly_deep_nesting_is_a_problem_not_a_crash(yaml_loader, depth):
+    text = "version: 1\ndefaults: {labels: " + "[" * depth + "]" * depth + "}\n"
+    with pytest.raises(FleetConfigError, match="nested too deeply") as raised:
+        parse_fleet(text, env={})
+    assert "recursion" not in str(raised.value)
+
+
+def test_nesting_at_the_limit_is_read_and_checked_as_usual(yaml_loader):
+    from fogline.fleet.document import MAX_DEPTH
+
+    # The top-level mapping and ``defaults`` take two levels; the rest is a list nest inside labels.
+    inner = MAX_DEPTH - 2
+    text = "version: 1\ndefaults: {labels: " + "[" * inner + "]" * inner + "}\n"
+    with pytest.raises(FleetConfigError) as raised:
+        parse_fleet(text, env={})
+    assert "nested too deeply" not in str(raised.value)
+
+
+def test_aliases_that_nest_past_the_limit_are_refused_without_recursing(yaml_loader):
+    # Each anchor is 40 levels deep as written; nesting one inside the other expands to 80.
+    deep = "[" * 40 + "]" * 40
+    text = (
+        "version: 1\n"
+        f"x-a: &a {deep}\n"
+        "x-b: " + "[" * 40 + "*a" + "]" * 40 + "\n"
+    )
     with pytest.raises(FleetConfigError, match="nested too deeply"):
         parse_fleet(text, env={})
 
 
-def test_numbers_where_text_is_expected_suggest_quotes():
-    assert only("version: 1\ndefaults:\n  labels: {rack: 7}\n") == (
-        3,
-        18,
-        "defaults.labels.rack",
-        "expected a string, got 7; put it in quotes if it is meant as text",
-    )
+def test_per_logger_levels_are_checked_by_name_and_level():
+    fleet = parse_fleet("version: 1\ndevices: {a: {logging: {levels: {fogline.agent.router: debug, grpc: INFO}}}}\n", env={})
+    assert fleet.device("a").logging.levels == {"fogline.agent.router": "DEBUG", "grpc": "INFO"}
+    assert problems("version: 1\ndevices: {a: {logging: {levels: {agent..x: DEBUG, grpc: loud}}}}\n") == [
+        (2, 34, "devices.a.logging.levels.agent..x",
+         "a logger name is dotted Python names (e.g. fogline.agent.router or grpc), got 'agent..x'"),
+        (2, 57, "devices.a.logging.levels.grpc",
+         "must be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL', got the text 'loud'"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("unix://rel/x.sock", "unix:// takes an absolute path"),
+        ("unix:///run/", "must name a socket file"),
+        ("unix:///" + "a" * 120 + ".sock", "at most 107 bytes"),
+    ],
+)
+def test_a_bad_unix_listen_address_is_refused_at_load_by_the_server_s_own_parser(listen, message):
+    text = f'version: 1\ncloud: {{endpoint: "127.0.0.1:8001"}}\ndefaults: {{listen: "{listen}"}}\ndevices: {{d1: {{}}}}\n'
+    with pytest.raises(FleetConfigError, match=message):
+        parse_fleet(text, env={})

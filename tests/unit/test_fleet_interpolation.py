@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from agent.config import FleetConfigError, parse_fleet
-from agent.config.interpolate import interpolate
+from fogline.fleet import FleetConfigError, parse_fleet
+from fogline.fleet.interpolate import interpolate
 
 pytestmark = pytest.mark.unit
 

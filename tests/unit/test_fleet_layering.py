@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.config import DeviceConfig, ModelRef, file_revision, load_fleet, parse_fleet
-from agent.config.layering import Layered
+from fogline.fleet import DeviceConfig, ModelRef, file_revision, load_fleet, parse_fleet
+from fogline.fleet.layering import Layered
 
 pytestmark = pytest.mark.unit
 

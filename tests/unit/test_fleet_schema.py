@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
-from agent.config import parse_fleet
-from agent.config.schema import fleet_schema
+from fogline.fleet import parse_fleet
+from fogline.fleet.schema import fleet_schema
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,14 @@ import re
 
 import pytest
 
-from agent.logs import JsonFormatter, setup_logging, setup_logging_from_env
+from fogline.fleet.model import LoggingConfig
+from fogline.logs import (
+    JsonFormatter,
+    configure_logging,
+    resolve_logging,
+    setup_logging,
+    setup_logging_from_env,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -26,7 +33,7 @@ def restore_root():
 def test_json_lines_carry_standard_and_extra_fields(restore_root):
     out = io.StringIO()
     setup_logging("DEBUG", "json", stream=out, static={"device": "cam-001"})
-    log = logging.getLogger("agent.router")
+    log = logging.getLogger("fogline.agent.router")
     log.info("route %s", "changed", extra={"model": "digits", "rtt_ms": 312.5, "path": object()})
     log.debug("quiet detail")
     try:
@@ -38,7 +45,7 @@ def test_json_lines_carry_standard_and_extra_fields(restore_root):
     first = lines[0]
     assert list(first)[:4] == ["ts", "level", "logger", "msg"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["ts"])
-    assert first["level"] == "info" and first["logger"] == "agent.router" and first["msg"] == "route changed"
+    assert first["level"] == "info" and first["logger"] == "fogline.agent.router" and first["msg"] == "route changed"
     assert first["model"] == "digits" and first["rtt_ms"] == 312.5 and first["device"] == "cam-001"
     assert first["path"].startswith("<object object")  # not JSON-able -> str()
     assert lines[1]["level"] == "debug"
@@ -80,3 +87,39 @@ def test_environment_picks_level_and_format(restore_root):
     logging.getLogger("agent").info("hidden")
     logging.getLogger("agent").warning("shown")
     assert [json.loads(line)["msg"] for line in out.getvalue().splitlines()] == ["shown"]
+
+
+def test_per_logger_levels_apply_over_the_root_and_a_new_setup_resets_them(restore_root):
+    out = io.StringIO()
+    setup_logging("WARNING", "json", stream=out, levels={"fogline.agent.router": "DEBUG", "grpc": "INFO"})
+    logging.getLogger("fogline.agent.router.rtt").debug("child of a DEBUG logger")
+    logging.getLogger("fogline.agent.server").info("root is WARNING: hidden")
+    logging.getLogger("grpc").info("levels win over the quiet list")
+    assert [json.loads(line)["msg"] for line in out.getvalue().splitlines()] == [
+        "child of a DEBUG logger", "levels win over the quiet list"]
+    setup_logging("WARNING", "json", stream=out)  # a reload that drops the levels
+    assert logging.getLogger("fogline.agent.router").level == logging.NOTSET
+    assert logging.getLogger("grpc").level == logging.WARNING
+    with pytest.raises(ValueError, match="log level of 'agent'"):
+        setup_logging("INFO", "json", stream=out, levels={"agent": "LOUD"})
+
+
+def test_precedence_is_flag_then_environment_then_fleet_then_default():
+    fleet = LoggingConfig(level="ERROR", format="text", levels={"fogline.agent.router": "DEBUG"})
+    env = {"FOGLINE_LOG_LEVEL": "WARNING", "FOGLINE_LOG_FORMAT": "json"}
+    assert resolve_logging(fleet, env={}) == ("ERROR", "text", {"fogline.agent.router": "DEBUG"})
+    assert resolve_logging(fleet, env=env) == ("WARNING", "json", {"fogline.agent.router": "DEBUG"})
+    assert resolve_logging(fleet, env=env, level="DEBUG", fmt="text") == ("DEBUG", "text", {"fogline.agent.router": "DEBUG"})
+    assert resolve_logging(None, env={}) == ("INFO", "auto", {})
+
+
+def test_mapping_fields_are_nested_in_json_and_dotted_in_text(restore_root):
+    static = {"device": "cam-001", "labels": {"site": "plant 3", "rack": "r7"}}
+    out = io.StringIO()
+    configure_logging(LoggingConfig(format="json"), env={}, stream=out, static=static)
+    logging.getLogger("agent").info("hi")
+    assert json.loads(out.getvalue())["labels"] == {"site": "plant 3", "rack": "r7"}
+    text = io.StringIO()
+    configure_logging(LoggingConfig(format="text"), env={}, stream=text, static=static)
+    logging.getLogger("agent").info("hi")
+    assert text.getvalue().rstrip().endswith('hi device=cam-001 labels.site="plant 3" labels.rack=r7')

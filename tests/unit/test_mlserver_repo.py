@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cloud.mlserver_repo import RUNTIME, main, write_repository
+from fogline.cloud.mlserver_repo import RUNTIME, main, write_repository
 
 pytestmark = [pytest.mark.unit, pytest.mark.models]
 

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from fogline.errors import ConfigError, ModelNotFound
 
-from edge_models.repository import (
+from fogline.errors import ConfigError, ModelNotFound
+from fogline.models.repository import (
     ModelRepository,
     default_models_dir,
     hash_problems,

@@ -1,13 +1,24 @@
-"""Input validation shared by the edge and full runtimes (edge_models.spec), and the fidelity maths."""
+"""Input validation shared by the edge and full runtimes (fogline.models.spec), and the fidelity maths."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
-from fogline.errors import InvalidInput
 
-from edge_models.fidelity import embedding_fidelity, gate_failures, nearest_neighbours
-from edge_models.spec import DIGITS_INPUTS, MINILM_INPUTS, TensorSpec, validate_inputs
+from fogline.errors import InvalidInput
+from fogline.modelbuild.fidelity import (
+    GATES,
+    effective_gates,
+    embedding_fidelity,
+    gate_failures,
+    gate_misses,
+    nearest_neighbours,
+    parse_gate,
+)
+from fogline.modelbuild.verify import VerifyResult
+from fogline.models.spec import DIGITS_INPUTS, MINILM_INPUTS, TensorSpec, validate_inputs
 
 pytestmark = pytest.mark.unit
 
@@ -92,3 +103,41 @@ def test_digits_gate_counts_points() -> None:
     bad = {"fp32_onnx_accuracy": 0.98, "int8_accuracy": 0.965}
     assert gate_failures("digits", ok) == []
     assert "1.50 points below" in gate_failures("digits", bad)[0]
+
+
+def test_gate_lines_name_the_figure_and_the_gate() -> None:
+    misses = gate_misses("minilm", {"cosine_mean": 0.99, "nn_agreement": 0.9})
+    assert misses == ["INT8 mean cosine 0.9900 is below the gate 0.995",
+                      "INT8 nearest-neighbour agreement 0.900 is below the gate 0.93"]  # fmt: skip
+    assert gate_misses("minilm", {"cosine_mean": 0.999, "nn_agreement": 0.95}) == []
+    assert gate_misses("minilm", {"cosine_mean": 0.999, "nn_agreement": 0.95}, {"cosine_mean_min": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("digits.accuracy_drop_points_max=2", "looser than the release gate 1"),
+        ("minilm.cosine_mean_min=0.9", "looser than the release gate 0.995"),
+        ("minilm.cosine_mean_min=nan", "looser"),
+        ("resnet.top1_min=0.9", "no gates for model 'resnet'"),
+        ("minilm.top1_min=0.9", "its gates: cosine_mean_min, nn_agreement_min"),
+        ("minilm.cosine_mean_min=high", "expected a number"),
+        ("minilm=0.9", "expected MODEL.GATE=VALUE"),
+    ],
+)
+def test_a_gate_override_must_be_stricter_and_known(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_gate(text)
+
+
+def test_stricter_gates_replace_the_release_values() -> None:
+    stricter = [parse_gate("minilm.cosine_mean_min=0.999"), parse_gate("digits.accuracy_drop_points_max=0")]
+    gates = effective_gates(stricter)
+    assert gates["minilm"] == {"cosine_mean_min": 0.999, "nn_agreement_min": 0.93}
+    assert gates["digits"] == {"accuracy_drop_points_max": 0.0}
+    assert GATES["minilm"]["cosine_mean_min"] == 0.995  # the release gates are left alone
+
+
+def test_verify_line_says_when_a_model_was_accepted_below_its_gate(tmp_path) -> None:
+    result = VerifyResult("digits", "1", tmp_path, problems=["digits: INT8 accuracy"], accepted_below_gate=True)
+    assert result.summary() == "digits 1: FAILED (built below its gate with --accept-fidelity): digits: INT8 accuracy"

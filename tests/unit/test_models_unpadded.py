@@ -1,12 +1,12 @@
-"""edge_models.unpadded: the padding-free edge network computes what the cloud network computes."""
+"""fogline.modelbuild.unpadded: the padding-free edge network computes what the cloud network computes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from edge_models.minilm_net import BertConfig, MiniLMEmbedder
-from edge_models.unpadded import UnpaddedMiniLM
+from fogline.modelbuild.unpadded import UnpaddedMiniLM
+from fogline.models.minilm_net import BertConfig, MiniLMEmbedder
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 
-from bench.netproxy import NetConditions, NetProxy
-from bench.netproxy_control import handle_command, parse_assignments
+from fogline.netproxy.control import handle_command, parse_assignments
+from fogline.netproxy.proxy import NetConditions, NetProxy
 
 pytestmark = pytest.mark.unit
 

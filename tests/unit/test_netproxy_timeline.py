@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.netproxy import NetConditions
-from bench.netproxy_timeline import LinkTimeline, slot_delay_ms
+from fogline.netproxy.proxy import NetConditions
+from fogline.netproxy.timeline import LinkTimeline, slot_delay_ms
 
 pytestmark = pytest.mark.unit
 

@@ -22,7 +22,7 @@ def test_generated_stubs_are_fresh(tmp_path):
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2*.py*"))
     assert fresh, "protoc wrote nothing"
     stale = [
-        str(rel) for rel in fresh if (tmp_path / rel).read_bytes() != (ROOT / "proto" / rel).read_bytes()
+        str(rel) for rel in fresh if (tmp_path / rel).read_bytes() != (ROOT / "src" / rel).read_bytes()
     ]
     assert not stale, f"generated files are stale, run `make proto`: {stale}"
 

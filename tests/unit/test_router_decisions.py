@@ -1,41 +1,34 @@
-"""The router as a pure function: every policy, the hysteresis band, deadlines, the route parameter."""
+"""The router as a pure function: every policy, the hysteresis band, deadlines, the route parameter, a
+cloud that refuses the agent's credentials (link state ``cloud_unauthenticated``)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import replace
 
 import pytest
+from router_fixtures import observation, request
 
-from agent.router import (
+from fogline.agent.router import decide, next_memory
+from fogline.agent.router_types import (
+    CLOUD_UNAUTHENTICATED,
     Decision,
     EdgeView,
     LinkView,
-    Observation,
     Policy,
     RequestView,
     RouterMemory,
     RoutingPolicy,
     Tier,
-    decide,
-    next_memory,
 )
+from fogline.fleet.model import LoadConfig, RoutingConfig
 
 pytestmark = pytest.mark.unit
 
 LA = RoutingPolicy(policy=Policy.LATENCY_AWARE, slo_ms=100, rtt_threshold_ms=150, rtt_recover_ms=100)
 
 
-def obs(rtt=20.0, usable=True, preferred=True, queue=0, service=10.0, edge=True, outstanding=0.0, compute=0.0,
-        state="ready"):
-    return Observation(
-        link=LinkView(usable=usable, state=state, rtt_ms=rtt, outstanding_ms=outstanding, cloud_compute_ms=compute),
-        edge=EdgeView(available=edge, queue_depth=queue, workers=1, service_ms=service),
-        memory=RouterMemory(cloud_preferred=preferred),
-    )
-
-
-def req(deadline=100.0, route="auto"):
-    return RequestView(model="digits", route=route, deadline_ms=deadline)
+obs = observation
+req = request
 
 
 def test_good_link_prefers_cloud_with_an_edge_backup_timer():
@@ -70,8 +63,7 @@ def test_full_hysteresis_cycle_through_memory():
     memory = RouterMemory(cloud_preferred=False)
     seen = []
     for rtt in [50, 120, 140, 160, 140, 120, 105, 99, 120]:
-        o = obs(rtt=rtt)
-        d = decide(LA, Observation(o.link, o.edge, memory), req(deadline=1000))
+        d = decide(LA, replace(obs(rtt=rtt), memory=memory), req(deadline=1000))
         memory = d.memory
         seen.append(d.tier.value)
     assert seen == ["cloud", "cloud", "cloud", "edge", "edge", "edge", "edge", "cloud", "cloud"]
@@ -112,9 +104,15 @@ def test_unusable_link_goes_to_edge_with_the_link_state_as_reason():
     assert decide(LA, obs(usable=False, state=""), req()).reason == "link_down"
 
 
-def test_model_missing_at_edge_goes_to_cloud_without_backup():
-    d = decide(LA, obs(edge=False, preferred=False), req())
-    assert d.tier is Tier.CLOUD and d.reason == "edge_unavailable" and d.edge_start_by_ms is None
+@pytest.mark.parametrize("route", ["auto", "edge", "cloud"])
+@pytest.mark.parametrize("policy", list(Policy))
+@pytest.mark.parametrize("state", ["not_configured", "down", "breaker_open"])
+def test_no_policy_or_route_sends_work_to_an_unusable_link(policy, route, state):
+    # What the data plane relies on for a device without a cloud (its link view is ``not_configured``).
+    settings = RoutingPolicy(policy=policy, cascade_threshold=0.5, hedge_delay_ms=1, max_queue_depth=1, cpu_high=0.1)
+    for link in (obs(usable=False, state=state), obs(rtt=None, usable=False, state=state, queue=9)):
+        d = decide(settings, link, req(route=route))
+        assert d.tier is Tier.EDGE and d.escalate_below is None and not d.hedged
 
 
 def test_route_edge_and_cloud_are_honoured():
@@ -158,10 +156,11 @@ def test_edge_backup_timer_never_negative():
 def test_hedged_starts_edge_after_hedge_delay():
     hedged = RoutingPolicy(policy="hedged", hedge_delay_ms=30)
     d = decide(hedged, obs(rtt=10), req(deadline=100))
-    assert d.tier is Tier.CLOUD and d.edge_start_by_ms == 30 and d.reason.endswith("+hedge")
+    assert d.tier is Tier.CLOUD and d.edge_start_by_ms == 30 and d.edge_hold_until_ms is None
+    assert d.reason == "rtt_ok" and d.hedged and d.route_reason == "rtt_ok+hedge"
+    assert decide(LA, obs(rtt=10), req(deadline=100)).route_reason == "rtt_ok"  # only a hedge is marked
     by_tail = RoutingPolicy(policy="hedged")
-    o = obs(rtt=10, compute=4)
-    o = Observation(LinkView(usable=True, rtt_ms=10, rtt_high_ms=20, cloud_compute_ms=4), o.edge, o.memory)
+    o = obs(LinkView(usable=True, rtt_ms=10, rtt_high_ms=20, cloud_compute_ms=4))
     assert decide(by_tail, o, req(deadline=100)).edge_start_by_ms == 24
 
 
@@ -182,11 +181,14 @@ def test_policy_validation_and_from_config():
         RoutingPolicy(rtt_threshold_ms=100, rtt_recover_ms=150)
     with pytest.raises(ValueError):
         RoutingPolicy(policy="fastest")
-    cfg = SimpleNamespace(policy="cloud_only", slo_ms=50, rtt_threshold_ms=80, rtt_recover_ms=60,
-                          hedge_delay_ms=None, cascade_threshold=None, cascade_thresholds={"digits": 0.7})
-    p = RoutingPolicy.from_config(cfg)
+    with pytest.raises(ValueError, match="below rtt_threshold_ms"):  # the fleet model's rule: no empty band
+        RoutingPolicy(rtt_threshold_ms=100, rtt_recover_ms=100)
+    routing = RoutingConfig(policy="cloud_only", slo_ms=50, rtt_threshold_ms=80, rtt_recover_ms=60,
+                            cascade_thresholds={"digits": 0.7})
+    p = RoutingPolicy.from_config(routing, LoadConfig())
     assert p.policy is Policy.CLOUD_ONLY and p.slo_ms == 50 and p.rtt_recover_ms == 60
-    assert p.cascade_threshold_for("digits") == 0.7 and p.cascade_threshold_for("minilm") is None
+    assert p.cascade_threshold_for("digits") == 0.7 and p.cascade_threshold_for("minilm") == 0.8
+    assert RoutingPolicy(cascade_threshold=None).cascade_threshold_for("minilm") is None
 
 
 def test_next_memory_is_pure():
@@ -198,8 +200,7 @@ def test_next_memory_is_pure():
 
 
 def test_backup_timer_budgets_for_slow_edge_runs():
-    o = obs(rtt=10, service=10)
-    slow_tail = Observation(o.link, EdgeView(service_ms=10, service_high_ms=30), o.memory)
+    slow_tail = replace(obs(rtt=10, service=10), edge=EdgeView(service_ms=10, service_high_ms=30))
     d = decide(LA, slow_tail, req(deadline=100))
     assert d.tier is Tier.CLOUD and d.edge_start_by_ms == pytest.approx(20.0)  # 100 - 15 - 2 x 30 - 5
 
@@ -216,3 +217,57 @@ def test_recent_low_samples_recover_before_the_average_does():
     waiting = LinkView(usable=True, rtt_ms=400, rtt_recent_ms=12, outstanding_ms=250)
     assert waiting.effective_rtt_ms == 250
     assert not next_memory(LA, waiting, RouterMemory(cloud_preferred=True)).cloud_preferred
+
+
+# --------------------------------------------------------------------------- a cloud that refuses our credentials
+
+REFUSED = LinkView(usable=False, state=CLOUD_UNAUTHENTICATED, rtt_ms=5.0, rtt_recent_ms=5.0)
+
+
+def observe(link=REFUSED, *, preferred=True, queue=0):
+    return observation(link, preferred=preferred, queue=queue)
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+def test_every_policy_keeps_requests_on_the_edge_with_the_auth_reason(policy):
+    settings = RoutingPolicy(policy=policy, cascade_threshold=0.5, max_queue_depth=2, cpu_high=0.5)
+    decision = decide(settings, observe(), RequestView("digits"))
+    assert decision.tier is Tier.EDGE
+    expected = "policy_edge_only" if policy is Policy.EDGE_ONLY else CLOUD_UNAUTHENTICATED
+    assert decision.reason == expected
+    assert decision.escalate_below is None  # a cascade never escalates to a cloud that refuses us
+
+
+def test_an_overloaded_edge_still_does_not_offload_to_a_refusing_cloud():
+    settings = RoutingPolicy(max_queue_depth=2)
+    decision = decide(settings, observe(queue=50), RequestView("digits"))
+    assert decision.tier is Tier.EDGE and decision.reason == CLOUD_UNAUTHENTICATED
+
+
+def test_requested_cloud_is_answered_by_the_edge_marked_fallback():
+    decision = decide(RoutingPolicy(), observe(), RequestView("digits", route="cloud"))
+    assert decision.tier is Tier.EDGE and decision.fallback
+    assert decision.reason == CLOUD_UNAUTHENTICATED
+
+
+def test_cloud_only_falls_back_with_the_auth_reason():
+    decision = decide(RoutingPolicy(policy=Policy.CLOUD_ONLY), observe(), RequestView("digits"))
+    assert decision.tier is Tier.EDGE and decision.fallback and decision.reason == CLOUD_UNAUTHENTICATED
+
+
+def test_the_cloud_preference_is_dropped_and_earned_again_after_acceptance():
+    policy = RoutingPolicy()
+    assert not next_memory(policy, REFUSED, RouterMemory(cloud_preferred=True)).cloud_preferred
+    # Accepted again, the link has no RTT yet: nothing preferred until it is measured ...
+    fresh = LinkView(usable=True, rtt_ms=None)
+    assert not decide(policy, observe(fresh, preferred=False), RequestView("digits")).memory.cloud_preferred
+    # ... and a good measurement brings the cloud back.
+    good = LinkView(usable=True, rtt_ms=10.0)
+    decision = decide(policy, observe(good, preferred=False), RequestView("digits"))
+    assert decision.tier is Tier.CLOUD and decision.reason == "rtt_ok"
+
+
+def test_other_unusable_states_keep_their_link_prefix():
+    assert LinkView(usable=False, state="breaker_open").unusable_reason == "link_breaker_open"
+    assert LinkView(usable=False, state="").unusable_reason == "link_down"
+    assert REFUSED.unusable_reason == CLOUD_UNAUTHENTICATED

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
+from functools import partial
 
 import pytest
+from router_fixtures import observation, request
 
-from agent.load import CpuMonitor
-from agent.router import (
-    EdgeView,
-    LinkView,
-    Observation,
-    RequestView,
-    RouterMemory,
-    RoutingPolicy,
-    Tier,
-    decide,
-    overload_reason,
-)
+from fogline.agent.load import CpuMonitor
+from fogline.agent.router import decide, overload_reason
+from fogline.agent.router_types import EdgeView, LinkView, RoutingPolicy, Tier
+from fogline.fleet.model import LoadConfig, RoutingConfig
 
 pytestmark = pytest.mark.unit
 
@@ -28,13 +21,8 @@ POLICY = RoutingPolicy(policy="latency_aware", slo_ms=200, rtt_threshold_ms=30, 
                        max_queue_depth=4, cpu_high=0.9)
 
 
-def observe(queue=0, cpu=None, link=SLOW_LINK, service=5.0, preferred=False):
-    edge = EdgeView(queue_depth=queue, workers=1, service_ms=service, cpu_load=cpu)
-    return Observation(link, edge, RouterMemory(cloud_preferred=preferred))
-
-
-def req(deadline=200.0, model="digits"):
-    return RequestView(model=model, deadline_ms=deadline)
+observe = partial(observation, link=SLOW_LINK, service=5.0, preferred=False)
+req = partial(request, deadline=200.0)
 
 
 def test_idle_device_stays_local_when_the_rtt_is_high():
@@ -58,7 +46,8 @@ def test_high_cpu_offloads_to_a_healthy_cloud():
 
 def test_unmeasured_cpu_or_no_limits_never_offload():
     assert decide(POLICY, observe(cpu=None), req()).tier is Tier.EDGE
-    plain = RoutingPolicy(policy="latency_aware", slo_ms=200, rtt_threshold_ms=30, rtt_recover_ms=20)
+    plain = RoutingPolicy(policy="latency_aware", slo_ms=200, rtt_threshold_ms=30, rtt_recover_ms=20,
+                          max_queue_depth=None, cpu_high=None)
     assert decide(plain, observe(queue=50, cpu=1.0, service=1.0), req()).tier is Tier.EDGE
     assert overload_reason(plain, EdgeView(queue_depth=10**6, cpu_load=1.0)) is None
 
@@ -104,10 +93,10 @@ def test_hedged_and_cascade_skip_the_busy_edge():
 
 
 def test_load_settings_from_config_and_validation():
-    routing = SimpleNamespace(policy="latency_aware", slo_ms=100, rtt_threshold_ms=150, rtt_recover_ms=100)
-    p = RoutingPolicy.from_config(routing, SimpleNamespace(max_queue_depth=8, cpu_high_percent=75.0))
+    routing = RoutingConfig(policy="latency_aware", slo_ms=100, rtt_threshold_ms=150, rtt_recover_ms=100)
+    p = RoutingPolicy.from_config(routing, LoadConfig(max_queue_depth=8, cpu_high_percent=75.0))
     assert p.max_queue_depth == 8 and p.cpu_high == pytest.approx(0.75)
-    assert RoutingPolicy.from_config(routing).cpu_high is None
+    assert RoutingPolicy.from_config(routing, LoadConfig()).cpu_high == pytest.approx(0.9)  # the fleet default
     with pytest.raises(ValueError, match="cpu_high"):
         RoutingPolicy(cpu_high=75)
     with pytest.raises(ValueError, match="max_queue_depth"):
@@ -115,16 +104,16 @@ def test_load_settings_from_config_and_validation():
 
 
 def test_server_reads_the_fleet_load_block():
-    from agent.loopback import device_config
-    from agent.server import policy_from_config
+    from fogline.agent.server import policy_from_config
+    from fogline.demo.loopback import device_config
 
     config = device_config(extra_yaml="  load: {max_queue_depth: 3, cpu_high_percent: 80}")
     policy = policy_from_config(config)
     assert policy.max_queue_depth == 3 and policy.cpu_high == pytest.approx(0.8)
 
 
-def test_cpu_monitor_smooths_samples_in_the_background():
-    readings = iter([100.0, 0.0, 0.0, 0.0] + [0.0] * 100)
+def test_cpu_monitor_smooths_samples_in_the_background(async_until):
+    readings = iter([100.0, 0.0, 0.0, 0.0] + [0.0] * 10_000)
     monitor = CpuMonitor(lambda: next(readings), interval_s=0.01, alpha=0.5)
     assert monitor.load is None
     assert monitor.sample() == 1.0
@@ -132,7 +121,8 @@ def test_cpu_monitor_smooths_samples_in_the_background():
 
     async def run():
         monitor.start()
-        await asyncio.sleep(0.2)
+        # Seven quiet samples bring it under 1 %, however long the machine takes to run them.
+        await async_until(lambda: monitor.load is not None and monitor.load < 0.01)
         await monitor.stop()
 
     asyncio.run(run())
@@ -147,3 +137,64 @@ def test_cpu_monitor_reads_psutil_by_default():
     monitor = CpuMonitor()
     monitor.sample()
     assert 0.0 <= monitor.load <= 1.0
+
+
+def _no_proc_stat() -> float:
+    raise FileNotFoundError(2, "No such file or directory", "/proc/stat")  # as psutil under ProcSubset=pid
+
+
+def test_a_failing_cpu_reading_switches_the_signal_off_with_one_warning(caplog, async_until):
+    monitor = CpuMonitor(_no_proc_stat, interval_s=0.01)
+
+    async def run():
+        monitor.start()
+        # the first failure ends the sampling (the task ends), so no later interval can warn again
+        task_ended = await async_until(lambda: monitor._task is not None and monitor._task.done())
+        await monitor.stop()
+        return task_ended
+
+    with caplog.at_level("WARNING", logger="fogline.agent.load"):
+        assert asyncio.run(run())
+    assert monitor.available is False and monitor.load is None
+    warnings = [r for r in caplog.records if r.name == "fogline.agent.load"]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert "/proc/stat" in warnings[0].getMessage() and "cpu_high_percent" in warnings[0].getMessage()
+    # the router then reads the load as unknown: the CPU rule never offloads, the queue rule still does
+    edge = EdgeView(queue_depth=0, cpu_load=monitor.load)
+    assert overload_reason(POLICY, edge) is None
+    assert overload_reason(POLICY, EdgeView(queue_depth=4, cpu_load=monitor.load)) == "queue_deep"
+
+
+def test_a_cpu_source_that_cannot_be_opened_does_not_stop_the_start(monkeypatch, caplog):
+    def unopenable():
+        _no_proc_stat()
+
+    monkeypatch.setattr("fogline.agent.load._psutil_source", unopenable)
+    monitor = CpuMonitor(interval_s=0.01)
+
+    async def run():
+        monitor.start()  # must not raise: the agent starts without the signal
+        monitor.start()  # nor warn twice
+        await asyncio.sleep(0.03)
+        await monitor.stop()
+
+    with caplog.at_level("WARNING", logger="fogline.agent.load"):
+        asyncio.run(run())
+    assert monitor.available is False and monitor.load is None and monitor._task is None
+    assert len([r for r in caplog.records if r.name == "fogline.agent.load"]) == 1
+    monitor.set_source(lambda: 40.0)  # an injected source brings it back (tests do this)
+    assert monitor.available is True and monitor.load == pytest.approx(0.4)
+
+
+def test_the_load_signal_gauge_says_whether_the_router_gets_the_cpu_signal():
+    from fogline.agent.metrics import AgentMetrics
+
+    metrics = AgentMetrics()
+
+    def value():
+        return metrics.registry.get_sample_value("fogline_agent_load_signal_available", {"signal": "cpu"})
+
+    metrics.set_load_signal("cpu", True)
+    assert value() == 1.0
+    metrics.set_load_signal("cpu", False)
+    assert value() == 0.0

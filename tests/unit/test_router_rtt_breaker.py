@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from agent.breaker import BreakerState, CircuitBreaker
-from agent.rtt import RttEstimator, inband_sample_ms
+from fogline.agent.breaker import BreakerState, CircuitBreaker
+from fogline.agent.rtt import RttEstimator, inband_sample_ms
 
 pytestmark = pytest.mark.unit
 
@@ -125,7 +125,7 @@ def test_restart_reseeds_the_average_but_keeps_the_window():
 
 
 def test_cloud_models_compute_estimate_fades_and_errors_bench():
-    from agent.cloud_models import CloudModels
+    from fogline.agent.cloud_models import CloudModels
 
     m = CloudModels(alpha=0.5, half_life_ms=1000, failures=2, bench_ms=100, max_bench_ms=300)
     assert m.compute_ms("a", 0) == 0.0

@@ -4,7 +4,7 @@ its answer waits for the cloud's.
 
 The simulation below drives the real ``RttEstimator`` and ``decide`` with a fake clock over a link
 whose round trip is a function of the send time, and builds the router's ``LinkView`` the way
-``agent.cloud_link.CloudLink.view`` does (in-band samples per model, ``ServerReady`` probes every 50 ms
+``fogline.agent.cloud_link.CloudLink.view`` does (in-band samples per model, ``ServerReady`` probes every 50 ms
 while no request is out and after 200 ms without a sample otherwise, calls still waiting as
 ``outstanding_ms``, a second waiting request as the witness of a slow link).
 """
@@ -15,25 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pytest
+from router_fixtures import request
 
-from agent.router import (
-    EdgeView,
-    LinkView,
-    Observation,
-    Policy,
-    RequestView,
-    RouterMemory,
-    RoutingPolicy,
-    Tier,
-    backup_hold_until_ms,
-    backup_start_ms,
-    decide,
-)
-from agent.rtt import RttEstimator
+from fogline.agent.router import backup_hold_until_ms, backup_start_ms, decide
+from fogline.agent.router_types import EdgeView, LinkView, Observation, RouterMemory, RoutingPolicy, Tier
+from fogline.agent.rtt import RttEstimator
 
 pytestmark = pytest.mark.unit
 
-LA = RoutingPolicy(policy=Policy.LATENCY_AWARE, slo_ms=100, rtt_threshold_ms=150, rtt_recover_ms=100)
+LA = RoutingPolicy(policy="latency_aware", slo_ms=100, rtt_threshold_ms=150, rtt_recover_ms=100)
 EDGE = EdgeView(service_ms=5.0, service_high_ms=8.0)
 BASE_RTT = 30.0
 
@@ -80,7 +70,7 @@ def simulate(rtt_at: Callable[[float], float], until_ms: float, *, typical: bool
             link = LinkView(usable=True, rtt_ms=snap.smoothed_ms, rtt_high_ms=snap.high_ms,
                             rtt_recent_ms=snap.recent_max_ms,
                             rtt_typical_ms=snap.typical_ms if typical else None, outstanding_ms=outstanding)
-            d = decide(LA, Observation(link, EDGE, memory), RequestView(model=model, deadline_ms=100.0))
+            d = decide(LA, Observation(link, EDGE, memory), request(model=model))
             memory = d.memory
             out.append((t, d.tier, d.reason, memory.cloud_preferred))
             if d.tier is Tier.CLOUD:
@@ -170,22 +160,22 @@ def test_backup_starts_early_and_its_answer_waits_for_the_cloud():
 def test_hold_applies_to_deadline_backups_only():
     link = LinkView(usable=True, rtt_ms=20.0, rtt_high_ms=40.0)
     obs = Observation(link, EDGE, RouterMemory(cloud_preferred=True))
-    la = decide(LA, obs, RequestView(model="m", deadline_ms=100.0))
+    la = decide(LA, obs, request(model="m"))
     assert la.tier is Tier.CLOUD and la.edge_hold_until_ms == 85.0
-    cloud_only = decide(replace(LA, policy=Policy.CLOUD_ONLY), obs, RequestView(model="m", deadline_ms=100.0))
+    cloud_only = decide(replace(LA, policy="cloud_only"), obs, request(model="m"))
     # cloud_only has no deadline backup at all: it waits for the cloud (the edge only on failure).
     assert cloud_only.tier is Tier.CLOUD
     assert cloud_only.edge_start_by_ms is None and cloud_only.edge_hold_until_ms is None
     # Hedging races the edge against the cloud's tail (here 40 ms): the first answer wins at once...
-    hedged = decide(replace(LA, policy=Policy.HEDGED), obs, RequestView(model="m", deadline_ms=100.0))
-    assert hedged.reason.endswith("+hedge") and hedged.edge_hold_until_ms is None
+    hedged = decide(replace(LA, policy="hedged"), obs, request(model="m"))
+    assert hedged.hedged and hedged.route_reason == "rtt_ok+hedge" and hedged.edge_hold_until_ms is None
     assert hedged.edge_start_by_ms == 40.0
     # ...unless the deadline backup would start first anyway (a tail of 90 ms): then no race.
     slow_tail = Observation(replace(link, rtt_high_ms=90.0), EDGE, obs.memory)
-    backup = decide(replace(LA, policy=Policy.HEDGED), slow_tail, RequestView(model="m", deadline_ms=100.0))
-    assert backup.reason == "rtt_ok" and backup.edge_hold_until_ms == 85.0
+    backup = decide(replace(LA, policy="hedged"), slow_tail, request(model="m"))
+    assert backup.route_reason == "rtt_ok" and not backup.hedged and backup.edge_hold_until_ms == 85.0
     assert backup.edge_start_by_ms == la.edge_start_by_ms
-    asked = decide(LA, obs, RequestView(model="m", route="cloud", deadline_ms=100.0))
+    asked = decide(LA, obs, request(model="m", route="cloud"))
     assert asked.edge_start_by_ms is None and asked.edge_hold_until_ms is None
 
 

@@ -1,0 +1,1 @@
+"""demo: see the README's package map."""

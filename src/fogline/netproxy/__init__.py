@@ -1,0 +1,1 @@
+"""netproxy: see the README's package map."""
