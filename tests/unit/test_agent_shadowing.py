@@ -162,6 +162,26 @@ def test_a_refused_shadow_pauses_the_models_shadows(fake_clock):
     assert outcomes == {"failed": 1, "cloud_busy": 1} and len(cloud.held) == 1
 
 
+def test_a_shadow_answered_not_found_marks_the_version_missing_for_clients_and_shadows(fake_clock):
+    cloud = HeldCloud()
+    plane, runner = plane_with(cloud, clock=fake_clock)
+
+    async def body():
+        await plane.infer(request())  # edge_only: the edge answers, a shadow goes
+        cloud.answer(error=Unavailable("[NOT_FOUND] model 'half' has no version '3'"))
+        await asyncio.sleep(0)
+        fake_clock.advance(PAUSE_S + 0.1)  # the pause is over; the missing version still holds
+        await plane.infer(request())  # no shadow: the cloud lacks the version
+        plane.policy = RoutingPolicy(policy="latency_aware", shadow=plane.policy.shadow)
+        return await plane.infer(request())  # a client request would go to the cloud (rtt 10 ms) but for that
+
+    answer = run(plane, runner, body)
+    assert plane.cloud_missing["half"][0] == "3"
+    assert answer.parameters["served_by"] == "edge" and answer.parameters["route_reason"] == "cloud_version_missing"
+    outcomes = plane.shadow.snapshot(plane.policy)["models"]["half"]["3"]["outcomes"]
+    assert outcomes == {"failed": 1, "link_unhealthy": 2} and cloud.held == []
+
+
 def test_only_plain_edge_answers_are_shadowed():
     cloud = HeldCloud()
     plane, runner = plane_with(cloud, policy="latency_aware")

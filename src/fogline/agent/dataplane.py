@@ -101,7 +101,8 @@ class DataPlane:
         #: How long a missing version keeps its model off the cloud before the cloud is asked again (s).
         self.version_retry_s = VERSION_RETRY_S
         #: Shadows of edge answers to the cloud and the live agreement they measure (``routing.shadow``).
-        self.shadow = Shadower(self._link_view, self._submit, metrics=metrics, clock=clock)
+        self.shadow = Shadower(self._link_view, self._submit, metrics=metrics, clock=clock,
+                               on_error=self._shadow_failed)
 
     def apply_policy(self, policy: RoutingPolicy, revision: str = "") -> None:
         """Route every request from now on with ``policy`` (a SIGHUP reload). Requests already routed
@@ -272,13 +273,21 @@ class DataPlane:
         if isinstance(error, CloudUnauthenticated):
             return CLOUD_UNAUTHENTICATED  # the link now keeps work here until the credentials change
         if error is not None and _not_found(error):
-            if request.model_name not in self.cloud_missing:
-                log.warning("cloud lacks model %r version %s (NOT_FOUND); it is answered on the edge, "
-                            "asking the cloud again every %g s", request.model_name, runner.version,
-                            self.version_retry_s)
-            self.cloud_missing[request.model_name] = (runner.version, self._clock() + self.version_retry_s)
+            self._note_missing(request.model_name, runner.version)
             return CLOUD_VERSION_MISSING
         return "cloud_error"
+
+    def _shadow_failed(self, model: str, version: str, error: BaseException) -> None:
+        """A shadow's NOT_FOUND says what a client request's would: the cloud lacks this version. Client
+        requests then stay on the edge as well, and shadows stop until the retry."""
+        if _not_found(error):
+            self._note_missing(model, version)
+
+    def _note_missing(self, model: str, version: str) -> None:
+        if model not in self.cloud_missing:
+            log.warning("cloud lacks model %r version %s (NOT_FOUND); it is answered on the edge, "
+                        "asking the cloud again every %g s", model, version, self.version_retry_s)
+        self.cloud_missing[model] = (version, self._clock() + self.version_retry_s)
 
     def _version_missing(self, model: str, version: str) -> bool:
         missing = self.cloud_missing.get(model)

@@ -16,7 +16,9 @@ comparison needs. It is not client traffic: the data plane's tier counts and
 Per model version an ``AgreementTracker`` keeps the running figure; the moment it falls below the
 manifest's gate one WARNING line says so, and one INFO line when it recovers. A refused shadow
 (RESOURCE_EXHAUSTED from a busy cloud, NOT_FOUND, any error) pauses that model's shadows for
-``PAUSE_S`` seconds, so a cloud short of headroom is not asked again at once.
+``PAUSE_S`` seconds, so a cloud short of headroom is not asked again at once; the error also goes to
+``on_error``, where the data plane notes a NOT_FOUND as the cloud lacking that version (its client
+requests stay on the edge too, ``cloud_version_missing``, and shadows skip it until the retry).
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ class Shadower:
     """The data plane's shadow traffic and the agreement trackers it feeds."""
 
     def __init__(self, view: View, submit: Submit, *, metrics: Any = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_error: Callable[[str, str, BaseException], None] | None = None) -> None:
         self._view = view
         self._submit = submit
+        self._on_error = on_error
         self.metrics = metrics
         self._clock = clock
         self.sampler = Sampler()
@@ -104,6 +108,8 @@ class Shadower:
             self._paused_until[model] = self._clock() + PAUSE_S
             self._count(model, version, FAILED)
             log.debug("shadow of %s v%s failed (%s); shadows of it pause %g s", model, version, error, PAUSE_S)
+            if self._on_error is not None and not isinstance(error, asyncio.CancelledError):
+                self._on_error(model, version, error)
             return
         answer = future.result().response
         cloud_version = answer.model_version or str(answer.parameters.get("model_version", "") or "")
