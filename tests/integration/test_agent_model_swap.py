@@ -48,9 +48,15 @@ def test_streams_cross_a_swap_a_corrupt_version_is_refused_and_a_rollback_is_fas
         streams = [Streamer(stub), Streamer(stub)]
         await asyncio.gather(*(s.wait_for("1") for s in streams))
         first = agent.dataplane.edge.runners["digits"]
+        # Version 1's live agreement, as its first shadow would have left it (this agent has no cloud).
+        agent.dataplane.shadow._tracker("digits", "1", first, 10, 1)
+        agent.metrics.set_shadow_agreement("digits", "1", "top1_agreement", 1.0, False)
         # Unpinned: the newest (2) is loaded beside 1, checked, and swapped in under the open streams.
         changes = await agent.reload_models(device(repo, "digits"))
         assert [(c.before, c.after, c.refused) for c in changes] == [("1", "2", "")]
+        assert ("digits", "1") not in agent.dataplane.shadow.trackers  # its agreement went with it
+        assert agent.metrics.registry.get_sample_value(
+            "fogline_agent_shadow_agreement", {"model": "digits", "version": "1", "metric": "top1_agreement"}) is None
         marks = [len(s.versions) for s in streams]
         await asyncio.gather(*(s.wait_for("2", after) for s, after in zip(streams, marks, strict=True)))
         await agent.reloader.wait_released()

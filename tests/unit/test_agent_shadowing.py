@@ -182,6 +182,30 @@ def test_a_shadow_answered_not_found_marks_the_version_missing_for_clients_and_s
     assert outcomes == {"failed": 1, "link_unhealthy": 2} and cloud.held == []
 
 
+def test_a_swapped_out_version_loses_its_agreement_gauges_and_late_shadows_are_harmless():
+    cloud = HeldCloud()
+    plane, runner = plane_with(cloud)
+
+    async def body():
+        await plane.infer(request())
+        cloud.answer(agree=True)
+        await asyncio.sleep(0)
+        before = sample(plane, "fogline_agent_shadow_agreement", model="half", version="3", metric="relative_error")
+        await plane.infer(request())  # its shadow is still out when the version goes
+        plane.shadow.forget("half", "3")
+        cloud.answer(agree=True)
+        await asyncio.sleep(0)
+        return before
+
+    before = run(plane, runner, body)
+    assert before == 0.0
+    assert sample(plane, "fogline_agent_shadow_agreement", model="half", version="3", metric="relative_error") is None
+    assert sample(plane, "fogline_agent_shadow_below_gate", model="half", version="3") is None
+    assert ("half", "3") not in plane.shadow.trackers
+    outcomes = plane.shadow.snapshot(plane.policy)["models"]["half"]["3"]["outcomes"]
+    assert outcomes == {"compared": 1, "incomparable": 1}
+
+
 def test_only_plain_edge_answers_are_shadowed():
     cloud = HeldCloud()
     plane, runner = plane_with(cloud, policy="latency_aware")

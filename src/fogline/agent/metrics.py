@@ -181,6 +181,13 @@ class AgentMetrics:
         self.shadow_agreement.labels(model, version, metric).set(value)
         self.shadow_below_gate.labels(model, version).set(1 if below_gate else 0)
 
+    def forget_shadow(self, model: str, version: str, metric: str) -> None:
+        """Remove the agreement gauges of a version that is no longer served."""
+        with contextlib.suppress(KeyError):
+            self.shadow_agreement.remove(model, version, metric)
+        with contextlib.suppress(KeyError):
+            self.shadow_below_gate.remove(model, version)
+
     def declare_models(self, models: list[str] | tuple[str, ...]) -> None:
         """Publish zero-valued series for every model's hedge outcomes, fallbacks and escalations, so a
         dashboard (and ``rate()``) sees them before the first event rather than a missing series."""

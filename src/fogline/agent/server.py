@@ -181,6 +181,9 @@ class AgentServer:
 
     async def _swap_models(self, device_config: DeviceConfig) -> list[ModelChange]:
         changes = await self.reloader.reload(*self._model_refs(device_config))
+        for change in changes:
+            if change.before is not None and change.after != change.before:
+                self.dataplane.shadow.forget(change.name, change.before)
         if self.metrics is not None and any(c.after != c.before for c in changes):
             self.metrics.declare_models(sorted(self.dataplane.edge.runners))
         return changes

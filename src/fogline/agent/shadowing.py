@@ -103,7 +103,10 @@ class Shadower:
     def _answered(self, model: str, version: str, edge_outputs: dict, future: asyncio.Future[CloudAnswer]) -> None:
         self.inflight -= 1
         error = future.exception() if not future.cancelled() else asyncio.CancelledError()
-        tracker = self.trackers[(model, version)]
+        tracker = self.trackers.get((model, version))
+        if tracker is None:  # the version was swapped out while its shadow was out: nothing to add to
+            self._count(model, version, FAILED if error is not None else INCOMPARABLE)
+            return
         if error is not None:
             self._paused_until[model] = self._clock() + PAUSE_S
             self._count(model, version, FAILED)
@@ -139,6 +142,14 @@ class Shadower:
             entry = models.setdefault(model, {}).setdefault(version, {})
             entry.setdefault("outcomes", {})[outcome] = count
         return {"share": policy.shadow.share, "inflight": self.inflight, "models": models}
+
+    def forget(self, model: str, version: str) -> None:
+        """``model`` no longer serves ``version`` (a reload swapped it): drop its running agreement and its
+        gauges, so no dashboard keeps showing a figure for a model that is gone. Its counters stay (a
+        rate over them falls to zero); a later rollback to it starts a fresh window."""
+        tracker = self.trackers.pop((model, version), None)
+        if tracker is not None and self.metrics is not None:
+            self.metrics.forget_shadow(model, version, tracker.fidelity.metric)
 
     def _tracker(self, model: str, version: str, runner: Any, window: int, min_rows: int) -> AgreementTracker:
         tracker = self.trackers.get((model, version))
