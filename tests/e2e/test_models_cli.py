@@ -75,13 +75,19 @@ def test_verify_passes_on_a_good_build_and_catches_a_flipped_byte(
     assert missing.returncode == 1 and "model.int8.onnx: missing" in missing.stderr
 
 
-def test_verify_usage_errors(repo_root: Path, tmp_path: Path) -> None:
+def test_verify_usage_errors(repo_root: Path, model_repo: Path, tmp_path: Path) -> None:
     nothing = _fogline(repo_root, "verify", str(tmp_path / "absent"))
     assert nothing.returncode == 1 and "no such directory" in nothing.stderr
     empty = _fogline(repo_root, "verify", str(tmp_path))
     assert empty.returncode == 1 and "no models found" in empty.stderr
     usage = _fogline(repo_root, "build", "--only", "resnet")
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+    # verify --only takes any model of the repository (a user's own import), not just the references
+    shutil.copytree(model_repo / "digits", tmp_path / "repo" / "shapes")
+    own = _fogline(repo_root, "verify", str(tmp_path / "repo"), "--only", "shapes", "--hashes-only")
+    assert own.returncode == 0 and ": ok (3 files hash-verified" in own.stdout, own.stderr
+    unknown = _fogline(repo_root, "verify", str(tmp_path / "repo"), "--only", "nope")
+    assert unknown.returncode == 1 and "no model 'nope'" in unknown.stderr and "models there: shapes" in unknown.stderr
     bare = _fogline(repo_root)
     assert bare.returncode == 2
 

@@ -46,7 +46,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                        help="write a model that misses its fidelity gate anyway (warns; recorded in its manifest)")
     verify = sub.add_parser("verify", help="re-check hashes and re-measure fidelity against the gates")
     verify.add_argument("dir", nargs="?", type=Path, default=None, help="repository directory")
-    verify.add_argument("--only", choices=MODEL_NAMES, action="append", help="verify only this model")
+    verify.add_argument("--only", action="append", metavar="NAME",
+                        help="verify only this model (any in the repository; repeatable)")
     verify.add_argument("--hashes-only", action="store_true", help="skip the fidelity measurement")
     verify.add_argument("--edge", action="store_true",
                         help="an edge device's copy: check only the files the agent reads (implies --hashes-only)")

@@ -116,7 +116,11 @@ def verify_repository(root: Path, names: list[str] | None = None, remeasure: boo
         for version in repo.versions(name) or [None]:
             if version is None:
                 missing = VerifyResult(name, "-", Path(root) / name)
-                missing.problems.append(f"{Path(root) / name}: no built version")
+                if name in repo.names():
+                    missing.problems.append(f"{Path(root) / name}: no built version")
+                else:
+                    held = ", ".join(repo.names()) or "none"
+                    missing.problems.append(f"no model {name!r} in {root} (models there: {held})")
                 results.append(missing)
                 continue
             results.append(verify_version(repo.resolve(name, version), remeasure=remeasure, edge_only=edge_only))
