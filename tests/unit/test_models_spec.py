@@ -141,3 +141,15 @@ def test_stricter_gates_replace_the_release_values() -> None:
 def test_verify_line_says_when_a_model_was_accepted_below_its_gate(tmp_path) -> None:
     result = VerifyResult("digits", "1", tmp_path, problems=["digits: INT8 accuracy"], accepted_below_gate=True)
     assert result.summary() == "digits 1: FAILED (built below its gate with --accept-fidelity): digits: INT8 accuracy"
+
+
+def test_the_verify_line_follows_the_figures_not_the_models_name() -> None:
+    from fogline.modelbuild.verify import describe_metrics
+
+    reference = {"full_accuracy": 0.98, "fp32_onnx_accuracy": 0.98, "int8_accuracy": 0.97, "int8": {}}
+    assert describe_metrics(reference).startswith("accuracy torch FP32 98.00%")
+    assert "mean cosine 0.9983" in describe_metrics({"int8": {"cosine_mean": 0.9983, "nn_agreement": 0.95}})
+    # a user's import, whatever it is called, prints the figures its import measured
+    own = describe_metrics({"int8": {"top1_agreement": 0.99, "tries": "-"}})
+    assert own == "imported; INT8 at import: top1_agreement 0.99"
+    assert describe_metrics({}) == "fidelity not measured"

@@ -40,22 +40,25 @@ class VerifyResult:
         if not self.ok:
             accepted = " (built below its gate with --accept-fidelity)" if self.accepted_below_gate else ""
             return f"{head}: FAILED{accepted}: " + "; ".join(self.problems)
-        return f"{head}: ok ({self.files} files hash-verified; {describe_metrics(self.name, self.metrics)})"
+        return f"{head}: ok ({self.files} files hash-verified; {describe_metrics(self.metrics)})"
 
 
-def describe_metrics(name: str, metrics: dict[str, Any]) -> str:
+def describe_metrics(metrics: dict[str, Any]) -> str:
     """Short text of the gated figures of a model."""
     if not metrics:
         return "fidelity not measured"
-    if "int8" in metrics and name not in ("minilm", "digits"):
-        return "imported; INT8 at import: " + ", ".join(f"{k} {v:g}" for k, v in metrics["int8"].items())
-    if name == "minilm":
-        m = metrics["int8"]
-        return f"INT8 mean cosine {m['cosine_mean']:.4f}, nearest-neighbour agreement {m['nn_agreement']:.3f}"
-    return (
-        f"accuracy torch FP32 {100 * metrics['full_accuracy']:.2f}%, ONNX FP32 "
-        f"{100 * metrics['fp32_onnx_accuracy']:.2f}%, INT8 {100 * metrics['int8_accuracy']:.2f}%"
-    )
+    # Which figures a measurement holds says how to print them (not the model's name: a user may import
+    # a model called ``digits``).
+    if {"full_accuracy", "fp32_onnx_accuracy", "int8_accuracy"} <= metrics.keys():
+        return (
+            f"accuracy torch FP32 {100 * metrics['full_accuracy']:.2f}%, ONNX FP32 "
+            f"{100 * metrics['fp32_onnx_accuracy']:.2f}%, INT8 {100 * metrics['int8_accuracy']:.2f}%"
+        )
+    int8 = metrics.get("int8", {})
+    if {"cosine_mean", "nn_agreement"} <= int8.keys():
+        return f"INT8 mean cosine {int8['cosine_mean']:.4f}, nearest-neighbour agreement {int8['nn_agreement']:.3f}"
+    numbers = ", ".join(f"{k} {v:g}" for k, v in int8.items() if isinstance(v, int | float))
+    return "imported; INT8 at import: " + (numbers or "no figures recorded")
 
 
 def measure(name: str, version_dir: Path) -> dict[str, Any]:
