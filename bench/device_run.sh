@@ -10,6 +10,7 @@
 #   flood  python -m bench.flood: cloud on 2 cores, flooder and victim on cores of their own
 #   cloud  python -m bench.cloud --device cpu, the whole benchmark on 2 cores (as cloud-cpu-pinned*.md)
 #   tls    python -m bench.tls, the whole benchmark on 2 cores (servers and client share them, as tls.md)
+#   agent  python -m bench.agent, the whole benchmark on 2 cores (agents, client, in-process reference)
 #   scale-weak, scale-weak2  python -m bench.scale with minilm and --callers-per-replica 32: replicas of
 #          one core (six agents) or two cores (four agents); minilm's edge model in .gpu/extra
 #   scale  python -m bench.scale: 1, 2 and 4 replicas of one core each, six agents and six load
@@ -157,6 +158,12 @@ for s in "${STEPS[@]}"; do
         else
             log "SKIP tls: trustme does not import (carry .whl/tls)"
         fi
+        ;;
+    agent)
+        # the agent's added latency (issue 6's gate) on two quiet pinned cores: agents, client and the
+        # in-process reference share them, as on the 2-core VM; needs only the edge files
+        step agent 200 taskset -c "$SERVER" python3 -m bench.agent --models .gpu/models \
+            --out "$OUT/agent-pinned.md" --json "$OUT/agent-pinned.json"
         ;;
     scale-minilm)
         step scale-minilm 330 python3 -m bench.scale --models .gpu/models --model minilm --replica-cpus 2 --agents 4 \
