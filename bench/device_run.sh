@@ -144,7 +144,7 @@ for s in "${STEPS[@]}"; do
             --out "$OUT/cloud-peer-gpu.md"
         ;;
     flood)
-        step flood 80 python3 -m bench.flood --models .gpu/models --rounds 7 --seconds 4 \
+        step flood 80 python3 -m bench.flood --models .gpu/models --rounds "${FLOOD_ROUNDS:-7}" --seconds 4 \
             --cloud-cpus "$SERVER" --flooder-cpus "$FLOODER" --victim-cpus "$VICTIM" --out "$OUT/flood-pinned.md"
         ;;
     cloud)

@@ -334,6 +334,25 @@ def test_one_device_past_its_inflight_limit_is_refused_while_another_keeps_worki
     assert metric(text, "fogline_cloud_device_throttled_total", device="cam-002") == 0
 
 
+def test_a_stream_past_its_devices_limit_is_refused_then_paced_not_answered_with_refusals(mtls_cloud, pki, tokens):
+    # Limit 1: a stream that sends 30 requests at once learns it is over the limit from its first
+    # refusals; after that it is read only when its device has a free slot, so the rest wait in the
+    # transport and are served one by one instead of being refused (which would keep the server busy).
+    token = tokens[1]["cam-002"]
+    name = "fogline_cloud_device_throttled_total"
+    before = metric(mtls_cloud.metrics_text(), name, device="cam-002")
+    with pki.channel(mtls_cloud.address, client=pki.client_cert) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        sent = [digits(i, rid=str(i)) for i in range(30)]
+        replies = list(stub.ModelStreamInfer(iter(sent), metadata=bearer(token), timeout=120))
+    assert sorted(r.infer_response.id for r in replies) == sorted(str(i) for i in range(30))  # none lost
+    refused = [r for r in replies if r.error_message]
+    assert all(r.error_message.startswith("[RESOURCE_EXHAUSTED] ") for r in refused)
+    assert 1 <= len(refused) <= 5, [r.infer_response.id for r in refused]
+    throttled = metric(mtls_cloud.metrics_text(), name, device="cam-002") - before
+    assert throttled == len(refused)
+
+
 # ------------------------------------------------------------------------------------------ tritonclient
 
 TRITON = textwrap.dedent(

@@ -7,7 +7,8 @@ with ``error_message`` ``"[CODE] message"`` and the stream stays open for the ot
 
 With tokens configured, ``fogline.security.current_device()`` names the caller: each inference
 request is counted for that device and held to its in-flight limit (``DeviceLimiter``; past it the
-request gets RESOURCE_EXHAUSTED, in a stream as that request's ``error_message``).
+request gets RESOURCE_EXHAUSTED, in a stream as that request's ``error_message``). A stream that has
+been refused is then paced (``StreamPace``): read only while its device has a free slot.
 
 When the server drains (SIGTERM) new unary calls are refused UNAVAILABLE, and a stream stops reading
 new requests, answers the ones it holds, then ends with UNAVAILABLE so the client reconnects elsewhere.
@@ -21,7 +22,8 @@ import grpc
 
 from fogline import codec
 from fogline.cloud.dataplane import DataPlane
-from fogline.cloud.device_limits import DeviceLimiter
+from fogline.cloud.device_limits import DeviceLimiter, StreamPace
+from fogline.errors import Overloaded
 from fogline.inference import grpc_service_pb2 as pb
 from fogline.security import current_device
 from fogline.serving.stream import V2Servicer, abort
@@ -76,7 +78,8 @@ class InferenceServicer(V2Servicer):
 
     # ------------------------------------------------------------------ inference
 
-    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None,
+                     pace: StreamPace | None = None) -> pb.ModelInferResponse:
         device = current_device()
         if device is None:
             infer_request = codec.request_from_proto(request, max_tensor_bytes=self._max_tensor_bytes)
@@ -84,8 +87,15 @@ class InferenceServicer(V2Servicer):
         metrics = self.dataplane.metrics
         if metrics is not None:
             metrics.device_requests.labels(device).inc()
+        if pace is not None:
+            pace.admitting()
         if self.limiter is not None:
-            self.limiter.acquire(device)
+            try:
+                self.limiter.acquire(device)
+            except Overloaded:
+                if pace is not None:
+                    pace.refused = True
+                raise
         try:
             infer_request = codec.request_from_proto(request, max_tensor_bytes=self._max_tensor_bytes)
             return codec.response_to_proto(await self.dataplane.infer(infer_request, deadline=deadline))
@@ -99,4 +109,7 @@ class InferenceServicer(V2Servicer):
 
     async def ModelStreamInfer(self, request_iterator, context) -> None:
         deadline = _deadline_of(context)
-        await self.calls.stream(request_iterator, context, lambda msg: self._infer(msg, deadline))
+        device = current_device()
+        pace = StreamPace(self.limiter, device) if self.limiter is not None and device is not None else None
+        await self.calls.stream(request_iterator, context, lambda msg: self._infer(msg, deadline, pace),
+                                before_read=None if pace is None else pace.before_read)

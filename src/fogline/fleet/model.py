@@ -428,7 +428,8 @@ class ServingLimitsConfig(Settings):
     """Abuse limits of the cloud's listener (see docs/security.md)."""
 
     max_concurrent_streams: int = Field(100, ge=1, description="calls open at once on one connection")
-    max_inflight_per_device: int = Field(128, ge=1, description="beyond it: RESOURCE_EXHAUSTED")
+    max_inflight_per_device: int = Field(
+        128, ge=1, description="beyond it: RESOURCE_EXHAUSTED; a refused stream is then read only when a slot is free")
     min_ping_interval_ms: int = Field(5000, ge=0, description="clients pinging more often get strikes")
     max_ping_strikes: int = Field(2, ge=0, description="strikes before GOAWAY too_many_pings; 0 = none")
     max_connection_age_s: float = Field(3600.0, ge=0, description="0 = connections live forever")

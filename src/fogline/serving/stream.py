@@ -116,8 +116,12 @@ class InferenceCalls:
                 raise  # not reached: abort raises
 
     async def stream(self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext,
-                     answer: Answer) -> None:
-        """``ModelStreamInfer``: answer every request read, each as soon as it is ready."""
+                     answer: Answer, *, before_read: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``ModelStreamInfer``: answer every request read, each as soon as it is ready.
+
+        ``before_read``, when given, is awaited before each read: the tier may hold the stream unread
+        for a while (the cloud paces a device over its in-flight limit); the client's requests then
+        wait in the transport."""
         # A reader task takes requests off the stream and starts one answer task per request; each
         # answer task writes its own response the moment it is ready (``context.write``, one write at a
         # time on the stream). Per request that is one task and nothing more: this is the hot path.
@@ -146,8 +150,15 @@ class InferenceCalls:
 
         async def read() -> None:
             nonlocal unanswered, cut_short
+            incoming = aiter(requests)
             try:
-                async for msg in requests:
+                while True:
+                    if before_read is not None:
+                        await before_read()
+                    try:
+                        msg = await anext(incoming)
+                    except StopAsyncIteration:
+                        break
                     if self.draining:
                         cut_short = True
                         break
