@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -287,7 +288,8 @@ async def measure(args: argparse.Namespace) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         tokens_file = Path(tmp) / "tokens"
         flood_token, victim_token = add_token(tokens_file, "flooder"), add_token(tokens_file, "victim")
-        flags = ["--tokens-file", str(tokens_file), "--max-inflight-per-device", str(args.limit)]
+        flags = ["--tokens-file", str(tokens_file), "--max-inflight-per-device", str(args.limit),
+                 *shlex.split(args.cloud_args)]
         server = await asyncio.to_thread(
             start_cloud, args.models, args.device, flags, cpu_set(args.cloud_cpus)
         )
@@ -352,8 +354,8 @@ def write_report(out: Path, args: argparse.Namespace, result: Result, command: s
         f"`{command}` on {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()} "
         f"({platform.processor() or platform.machine()}, {placement(args)}), device {args.device}.",
         "",
-        f"Cloud: `fogline cloud serve --tokens-file ... --max-inflight-per-device {args.limit}` (other settings "
-        f"default). Flooder: its own process and token, {args.flood_inflight} requests kept in flight on one "
+        f"Cloud: `fogline cloud serve --tokens-file ... --max-inflight-per-device {args.limit}"
+        f"{' ' + args.cloud_args if args.cloud_args else ''}` (other settings default). Flooder: its own process and token, {args.flood_inflight} requests kept in flight on one "
         "ModelStreamInfer stream, each answer (served or RESOURCE_EXHAUSTED) replaced at once. Victim: its own "
         f"token, {args.victim_concurrency} stream(s), one request in flight each (closed loop). {args.rounds} "
         f"rounds of {args.seconds:g} s per condition, flooder off / on interleaved (order alternating); the "
@@ -402,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=8, help="the cloud's --max-inflight-per-device")
     parser.add_argument("--flood-inflight", type=int, default=64)
     parser.add_argument("--victim-concurrency", type=int, default=2)
+    parser.add_argument("--cloud-args", default="", metavar="ARGS",
+                        help="more 'fogline cloud serve' options, e.g. '--compute-workers 1'")
     parser.add_argument("--cloud-cpus", help="taskset CPU list for the cloud server, e.g. 4,6")
     parser.add_argument("--flooder-cpus", help="taskset CPU list for the flooder process, e.g. 8-11")
     parser.add_argument("--victim-cpus", help="CPU list for the victim (this process), e.g. 12-15")

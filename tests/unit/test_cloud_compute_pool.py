@@ -168,3 +168,52 @@ def test_two_models_share_one_pool_without_starving_each_other():
     run(main())
     assert sum(a.calls) == 6 and sum(b.calls) == 6
     assert a.peak == 1 and b.peak == 1
+
+
+def test_a_caller_that_wants_worker_0_alone_keeps_its_place_while_others_take_the_rest():
+    async def main():
+        pool = ComputePool(2)
+        zero = await pool.acquire()
+        sequential = asyncio.create_task(pool.acquire(parallel=False))
+        await asyncio.sleep(0)
+        waits_with_1_free = not sequential.done()  # worker 1 is free, but it wants worker 0
+        other = await asyncio.wait_for(pool.acquire(), 1)  # a caller behind it takes worker 1 at once
+        pool.release(other)  # worker 1 back: it does not suit the waiter, so it goes to the free list
+        await asyncio.sleep(0)
+        still_waiting = not sequential.done()
+        pool.release(zero)
+        got = await asyncio.wait_for(sequential, 1)
+        pool.shutdown()
+        return waits_with_1_free, other, still_waiting, got
+
+    assert run(main()) == (True, 1, True, 0)
+
+
+def test_a_batcher_with_short_model_calls_keeps_to_one_worker_and_a_slow_one_uses_both():
+    import time
+
+    def fast(inputs):
+        return {"y": inputs["x"] * 2}
+
+    def slow(inputs):
+        time.sleep(0.008)  # 8 ms a call: more than PARALLEL_AGAIN_MS
+        return {"y": inputs["x"] * 2}
+
+    async def main():
+        pool = ComputePool(2)
+        quick = DynamicBatcher("quick", fast, pool=pool)
+        heavy = DynamicBatcher("heavy", slow, pool=pool)
+        quick.start()
+        heavy.start()
+        x = {"x": np.ones((1, 2), np.float32)}
+        for _ in range(5):
+            await quick.submit(x)
+            await heavy.submit(x)
+        # and a heavy model still answers calls in flight together
+        results = await asyncio.gather(*(heavy.submit(x) for _ in range(4)))
+        await quick.close()
+        await heavy.close()
+        pool.shutdown()
+        return quick.parallel, heavy.parallel, len(results)
+
+    assert run(main()) == (False, True, 4)

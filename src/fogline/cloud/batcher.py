@@ -22,7 +22,8 @@ How a request travels:
 4. The batch's inputs are concatenated along axis 0, the model runs on a worker of the
    ``ComputePool`` (off the event loop; on a CPU the pool has a worker per core and several batches
    may run side by side, see ``fogline.cloud.compute_pool``), and the outputs are split back by each
-   request's row count.
+   request's row count. A model whose batches take only a moment (under ``PARALLEL_MIN_MS`` on
+   average) keeps to one worker: its batches grow instead, and the event loop keeps its core.
 5. If a batch of several requests fails, each request is re-run alone, so one bad request fails
    only itself.
 
@@ -53,6 +54,11 @@ RunFn = Callable[[Arrays], Arrays]
 LOAD_WINDOW_S = 1.0
 #: Called after every model call with (rows, requests, compute seconds).
 BatchObserver = Callable[[int, int, float], None]
+#: A model whose batches take less than this (a moving average, ms) runs on one compute worker
+#: (``ComputePool.acquire(parallel=False)``); it takes the others again once its batches take
+#: ``PARALLEL_AGAIN_MS`` (so bigger batches on one worker do not flip it straight back).
+PARALLEL_MIN_MS = 3.0
+PARALLEL_AGAIN_MS = 6.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,8 @@ class DynamicBatcher:
         self._window_start = clock()
         self._closed = False
         self._started = 0  # batches started so far
+        self._compute_ms: float | None = None  # moving average of a batch's model call
+        self._parallel = True  # may use every worker of the pool (see PARALLEL_MIN_MS)
         self._trace_path = os.environ.get(TRACE_ENV) or None
         self._trace: list[dict] | None = [] if self._trace_path else None
 
@@ -201,7 +209,7 @@ class DynamicBatcher:
                 return
             # Wait for a free worker *before* forming the batch: while every worker is busy,
             # requests keep gathering, and the free worker takes them all.
-            worker = await self._pool.acquire()
+            worker = await self._pool.acquire(parallel=self._parallel)
             if self._closed:  # closed while we waited: what is queued gets Unavailable from close()
                 self._pool.release(worker)
                 return
@@ -236,7 +244,13 @@ class DynamicBatcher:
         """The batch size the load asks for: the recent peak of rows in the batcher, shared evenly
         by the pool's workers (1 for a lone caller, 16 for 32 callers on two workers)."""
         peak = max(self._peak, self._last_peak)
-        return max(1, min(self.max_batch_size, -(-peak // self._pool.workers)))
+        workers = self._pool.workers if self._parallel else 1
+        return max(1, min(self.max_batch_size, -(-peak // workers)))
+
+    @property
+    def parallel(self) -> bool:
+        """Whether this model's batches may use every worker of the pool (see ``PARALLEL_MIN_MS``)."""
+        return self._parallel
 
     async def _hold_for_company(self, target: int, until: float) -> None:
         """A free worker waits (until ``until`` at most) for ``target`` rows to be queued.
@@ -365,6 +379,12 @@ class DynamicBatcher:
         return split_outputs(outputs, [it.rows for it in batch]), compute_s
 
     def _observe(self, rows: int, requests: int, compute_s: float) -> None:
+        ms = compute_s * 1e3
+        self._compute_ms = ms if self._compute_ms is None else self._compute_ms + 0.2 * (ms - self._compute_ms)
+        if self._parallel and self._compute_ms < PARALLEL_MIN_MS:
+            self._parallel = False
+        elif not self._parallel and self._compute_ms >= PARALLEL_AGAIN_MS:
+            self._parallel = True
         if self._on_batch is not None:
             self._on_batch(rows, requests, compute_s)
 
