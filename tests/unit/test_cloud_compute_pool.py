@@ -217,3 +217,20 @@ def test_a_batcher_with_short_model_calls_keeps_to_one_worker_and_a_slow_one_use
         return quick.parallel, heavy.parallel, len(results)
 
     assert run(main()) == (False, True, 4)
+
+
+def test_a_waiter_cancelled_just_before_a_release_leaves_the_pool_whole():
+    async def main():
+        pool = ComputePool(1)
+        held = await pool.acquire()
+        waiting = asyncio.create_task(pool.acquire())
+        await asyncio.sleep(0)
+        waiting.cancel()
+        pool.release(held)  # before the cancelled task has run its clean-up
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        again = await asyncio.wait_for(pool.acquire(), 1)
+        pool.shutdown()
+        return again
+
+    assert run(main()) == 0

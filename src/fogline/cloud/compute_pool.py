@@ -91,6 +91,7 @@ class ComputePool:
             if waiter.done() and not waiter.cancelled():
                 self.release(waiter.result())  # handed a worker just as we were cancelled
             else:
+                # (a release between the cancel and this line may have skipped the entry, never removed it)
                 self._waiters.remove((waiter, parallel))
             raise
 
@@ -104,7 +105,6 @@ class ComputePool:
                 self._waiters.remove(entry)
                 waiter.set_result(worker)
                 return
-        self._waiters = deque(entry for entry in self._waiters if not entry[0].done())
         self._free.append(worker)
         self._free.sort()
 
