@@ -34,8 +34,9 @@ def test_a_stream_reads_freely_until_refused_then_only_when_a_slot_is_free():
         limiter.acquire("cam-1")
         limiter.acquire("cam-1")
         await asyncio.wait_for(pace.before_read(), 1)
-        pace.admitting()
-        pace.refused = True  # what the servicer does when this request is refused
+        with pytest.raises(Overloaded):
+            pace.admit()  # refused: from now on the stream is paced
+        assert pace.refused
         waiting = asyncio.ensure_future(pace.before_read())
         await asyncio.sleep(0)
         held_at_limit = not waiting.done()
@@ -45,8 +46,7 @@ def test_a_stream_reads_freely_until_refused_then_only_when_a_slot_is_free():
         second = asyncio.ensure_future(pace.before_read())
         await asyncio.sleep(0)
         held_for_the_unadmitted = not second.done()
-        pace.admitting()
-        limiter.acquire("cam-1")  # its admission takes the slot: still at the limit
+        pace.admit()  # its admission takes the slot: still at the limit
         await asyncio.sleep(0)
         still_held = not second.done()
         limiter.release("cam-1")
@@ -62,8 +62,10 @@ def test_a_release_of_another_device_does_not_wake_a_paced_stream():
     async def scenario():
         limiter = DeviceLimiter(1)
         pace = StreamPace(limiter, "cam-1")
-        pace.refused = True
         limiter.acquire("cam-1")
+        await pace.before_read()
+        with pytest.raises(Overloaded):
+            pace.admit()
         limiter.acquire("cam-2")
         waiting = asyncio.ensure_future(pace.before_read())
         await asyncio.sleep(0)

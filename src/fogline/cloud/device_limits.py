@@ -100,6 +100,11 @@ class StreamPace:
                 await self.limiter.released(self.device)
         self.reading += 1
 
-    def admitting(self) -> None:
-        """A request this stream read is being admitted (or refused) now."""
+    def admit(self) -> None:
+        """Admit a request this stream read (``DeviceLimiter.acquire``); a refusal paces the stream."""
         self.reading = max(0, self.reading - 1)
+        try:
+            self.limiter.acquire(self.device)
+        except Overloaded:
+            self.refused = True
+            raise

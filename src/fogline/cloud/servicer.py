@@ -23,7 +23,6 @@ import grpc
 from fogline import codec
 from fogline.cloud.dataplane import DataPlane
 from fogline.cloud.device_limits import DeviceLimiter, StreamPace
-from fogline.errors import Overloaded
 from fogline.inference import grpc_service_pb2 as pb
 from fogline.security import current_device
 from fogline.serving.stream import V2Servicer, abort
@@ -88,14 +87,9 @@ class InferenceServicer(V2Servicer):
         if metrics is not None:
             metrics.device_requests.labels(device).inc()
         if pace is not None:
-            pace.admitting()
-        if self.limiter is not None:
-            try:
-                self.limiter.acquire(device)
-            except Overloaded:
-                if pace is not None:
-                    pace.refused = True
-                raise
+            pace.admit()  # the limiter's acquire, and a stream that is refused gets paced
+        elif self.limiter is not None:
+            self.limiter.acquire(device)
         try:
             infer_request = codec.request_from_proto(request, max_tensor_bytes=self._max_tensor_bytes)
             return codec.response_to_proto(await self.dataplane.infer(infer_request, deadline=deadline))
