@@ -1,7 +1,7 @@
 """An overloaded device offloads to a healthy cloud: real cloud process, real proxy, real agent.
 
 The link is shaped so ``latency_aware`` alone keeps work on the edge (RTT ~30 ms, above the 20 ms
-threshold, yet well inside the 2 s deadline). Then the device is made busy two ways: a burst that
+threshold, yet well inside the 10 s deadline). Then the device is made busy two ways: a burst that
 queues up more than ``load.max_queue_depth`` minilm requests, and a CPU reading above
 ``load.cpu_high_percent`` fed to the agent's CPU monitor (the same path psutil readings take).
 """
@@ -26,7 +26,9 @@ TEXTS = np.array([("the quick brown fox jumps over the lazy dog " * 12).encode()
 
 
 def config(max_queue_depth: int):
-    return device_config(slo_ms=2000, rtt_threshold_ms=20, rtt_recover_ms=10, extra_yaml=(
+    # A 10 s deadline: the offloaded burst (a dozen requests of four long texts) must never miss it on a
+    # loaded 2-core CI machine, where the cloud and this agent share the cores; the test reads routes.
+    return device_config(slo_ms=10000, rtt_threshold_ms=20, rtt_recover_ms=10, extra_yaml=(
         f"  load: {{max_queue_depth: {max_queue_depth}, cpu_high_percent: 90}}"))
 
 
