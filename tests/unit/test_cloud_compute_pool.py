@@ -170,53 +170,51 @@ def test_two_models_share_one_pool_without_starving_each_other():
     assert a.peak == 1 and b.peak == 1
 
 
-def test_a_caller_that_wants_worker_0_alone_keeps_its_place_while_others_take_the_rest():
-    async def main():
-        pool = ComputePool(2)
-        zero = await pool.acquire()
-        sequential = asyncio.create_task(pool.acquire(parallel=False))
-        await asyncio.sleep(0)
-        waits_with_1_free = not sequential.done()  # worker 1 is free, but it wants worker 0
-        other = await asyncio.wait_for(pool.acquire(), 1)  # a caller behind it takes worker 1 at once
-        pool.release(other)  # worker 1 back: it does not suit the waiter, so it goes to the free list
-        await asyncio.sleep(0)
-        still_waiting = not sequential.done()
-        pool.release(zero)
-        got = await asyncio.wait_for(sequential, 1)
-        pool.shutdown()
-        return waits_with_1_free, other, still_waiting, got
-
-    assert run(main()) == (True, 1, True, 0)
-
-
-def test_a_batcher_with_short_model_calls_keeps_to_one_worker_and_a_slow_one_uses_both():
+def test_a_model_with_short_calls_runs_one_batch_at_a_time_on_any_free_worker():
     import time
 
-    def fast(inputs):
-        return {"y": inputs["x"] * 2}
+    active = {"quick": 0, "heavy": 0}
+    most = {"quick": 0, "heavy": 0}
+    gate = threading.Event()
 
-    def slow(inputs):
-        time.sleep(0.008)  # 8 ms a call: more than PARALLEL_AGAIN_MS
-        return {"y": inputs["x"] * 2}
+    def counted(name, seconds, wait=False):
+        def model(inputs):
+            active[name] += 1
+            most[name] = max(most[name], active[name])
+            if wait:
+                gate.wait(10)
+            time.sleep(seconds)
+            active[name] -= 1
+            return {"y": inputs["x"] * 2}
+
+        return model
 
     async def main():
         pool = ComputePool(2)
-        quick = DynamicBatcher("quick", fast, pool=pool)
-        heavy = DynamicBatcher("heavy", slow, pool=pool)
+        quick = DynamicBatcher("quick", counted("quick", 0.0), pool=pool)
+        heavy = DynamicBatcher("heavy", counted("heavy", 0.008), pool=pool)
         quick.start()
         heavy.start()
         x = {"x": np.ones((1, 2), np.float32)}
-        for _ in range(5):
+        for _ in range(5):  # each learns how long its calls take
             await quick.submit(x)
             await heavy.submit(x)
-        # and a heavy model still answers calls in flight together
-        results = await asyncio.gather(*(heavy.submit(x) for _ in range(4)))
+        # Many quick calls at once: never two of its batches side by side.
+        await asyncio.gather(*(quick.submit(x) for _ in range(40)))
+        # A heavy batch holds a worker: quick calls still run, on the other one.
+        heavy._run = counted("heavy", 0.0, wait=True)
+        held = asyncio.ensure_future(heavy.submit(x))
+        quick_while_held = await asyncio.wait_for(quick.submit(x), 5)
+        gate.set()
+        await held
         await quick.close()
         await heavy.close()
         pool.shutdown()
-        return quick.parallel, heavy.parallel, len(results)
+        return quick.parallel, heavy.parallel, most["quick"], quick_while_held[0]["y"].tolist()
 
-    assert run(main()) == (False, True, 4)
+    parallel_quick, parallel_heavy, most_quick, answer = run(main())
+    assert (parallel_quick, parallel_heavy) == (False, True)
+    assert most_quick == 1 and answer == [[2.0, 2.0]]
 
 
 def test_a_waiter_cancelled_just_before_a_release_leaves_the_pool_whole():

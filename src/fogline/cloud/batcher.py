@@ -23,7 +23,7 @@ How a request travels:
    ``ComputePool`` (off the event loop; on a CPU the pool has a worker per core and several batches
    may run side by side, see ``fogline.cloud.compute_pool``), and the outputs are split back by each
    request's row count. A model whose batches take only a moment (under ``PARALLEL_MIN_MS`` on
-   average) keeps to one worker: its batches grow instead, and the event loop keeps its core.
+   average) runs one batch at a time: its batches grow instead, and the event loop keeps its core.
 5. If a batch of several requests fails, each request is re-run alone, so one bad request fails
    only itself.
 
@@ -54,9 +54,10 @@ RunFn = Callable[[Arrays], Arrays]
 LOAD_WINDOW_S = 1.0
 #: Called after every model call with (rows, requests, compute seconds).
 BatchObserver = Callable[[int, int, float], None]
-#: A model whose batches take less than this (a moving average, ms) runs on one compute worker
-#: (``ComputePool.acquire(parallel=False)``); it takes the others again once its batches take
-#: ``PARALLEL_AGAIN_MS`` (so bigger batches on one worker do not flip it straight back).
+#: A model whose batches take less than this (a moving average, ms) runs one batch at a time (on
+#: whichever worker is free): side by side they would only take CPU from the event loop. It runs
+#: batches side by side again once they take ``PARALLEL_AGAIN_MS`` (so the bigger batches of one
+#: at a time do not flip it straight back). See ``fogline.cloud.compute_pool``.
 PARALLEL_MIN_MS = 3.0
 PARALLEL_AGAIN_MS = 6.0
 
@@ -127,7 +128,8 @@ class DynamicBatcher:
         self._closed = False
         self._started = 0  # batches started so far
         self._compute_ms: float | None = None  # moving average of a batch's model call
-        self._parallel = True  # may use every worker of the pool (see PARALLEL_MIN_MS)
+        self._parallel = True  # may run batches side by side (see PARALLEL_MIN_MS)
+        self._batch_done = asyncio.Event()  # set whenever one of this model's batches gives its worker back
         self._trace_path = os.environ.get(TRACE_ENV) or None
         self._trace: list[dict] | None = [] if self._trace_path else None
 
@@ -182,6 +184,7 @@ class DynamicBatcher:
         if self._task is not None:
             assert self._wakeup is not None
             self._wakeup.set()
+            self._batch_done.set()
             await self._task
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
@@ -209,7 +212,10 @@ class DynamicBatcher:
                 return
             # Wait for a free worker *before* forming the batch: while every worker is busy,
             # requests keep gathering, and the free worker takes them all.
-            worker = await self._pool.acquire(parallel=self._parallel)
+            while not self._parallel and self._running_rows > 0 and not self._closed:
+                self._batch_done.clear()  # one batch at a time: wait for the one running
+                await self._batch_done.wait()
+            worker = await self._pool.acquire()
             if self._closed:  # closed while we waited: what is queued gets Unavailable from close()
                 self._pool.release(worker)
                 return
@@ -249,7 +255,7 @@ class DynamicBatcher:
 
     @property
     def parallel(self) -> bool:
-        """Whether this model's batches may use every worker of the pool (see ``PARALLEL_MIN_MS``)."""
+        """Whether this model's batches may run side by side (see ``PARALLEL_MIN_MS``)."""
         return self._parallel
 
     async def _hold_for_company(self, target: int, until: float) -> None:
@@ -359,6 +365,7 @@ class DynamicBatcher:
         self._running_rows -= rows
         self._running.discard(asyncio.current_task())
         self._pool.release(worker)
+        self._batch_done.set()
 
     async def _execute_alone(self, item: _Item, started: float, worker: int) -> None:
         try:

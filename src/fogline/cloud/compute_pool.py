@@ -25,13 +25,11 @@ Batchers ask for a worker with ``acquire()`` *before* they form a batch, so whil
 busy requests keep gathering in the queue; a free worker takes them all at once. Waiters are served
 first come, first served, so one busy model cannot starve another.
 
-A model whose batches take only a moment (``digits``: about a millisecond) gains nothing from a
-second worker: the event loop, which decodes and answers every request, is then the busy part, and a
-second compute thread only takes CPU from it. A batcher says so with ``acquire(parallel=False)``: it
-then waits for worker 0 alone (the others stay for models that need them), and its batches grow
-instead. Measured on two pinned cores with a device flooding the cloud: the other device's p99 was
-6.6 ms with one worker against 12.5 ms with two, and both devices were served more
-(bench/results/flood-pinned.md).
+A model whose batches take only a moment (``digits``: about a millisecond) gains nothing from
+running two of them side by side: the event loop, which decodes and answers every request, is then
+the busy part, and a second compute thread only takes CPU from it. Its batcher then runs one batch
+at a time (``fogline.cloud.batcher.PARALLEL_MIN_MS``) on whichever worker is free; the batches grow
+instead.
 
 On a GPU each model gets a pool of one worker (kernels of different models overlap on the device)
 and no thread sizing (``set_threads=None``).
@@ -69,40 +67,34 @@ class ComputePool:
         self._threads_now = [0] * workers  # per worker: what set_threads was last called with (0 = never)
         self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"{name}_{i}") for i in range(workers)]
         self._free = list(range(workers))  # free worker indexes; the lowest is handed out first
-        self._waiters: deque[tuple[asyncio.Future[int], bool]] = deque()  # (waiter, takes any worker)
+        self._waiters: deque[asyncio.Future[int]] = deque()
         self.in_flight = 0
 
     # ------------------------------------------------------------------ workers
 
-    async def acquire(self, *, parallel: bool = True) -> int:
-        """Wait for a free worker and return its index (first come, first served).
-
-        ``parallel=False``: only worker 0 will do (a model with short calls, see the module docstring);
-        such a waiter keeps its place while other workers go to the waiters behind it."""
-        # A waiter only waits while no free worker suits it (release hands each worker to the first
-        # waiter it suits), so a free worker that suits this caller is nobody's: take it.
-        if self._free and (parallel or self._free[0] == 0):
+    async def acquire(self) -> int:
+        """Wait for a free worker and return its index (first come, first served)."""
+        # A waiter only waits while no worker is free (release hands each worker to the first live
+        # waiter), so a free worker is nobody's: take it.
+        if self._free:
             return self._free.pop(0)
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiters.append((waiter, parallel))
+        self._waiters.append(waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release(waiter.result())  # handed a worker just as we were cancelled
             else:
-                # (a release between the cancel and this line may have skipped the entry, never removed it)
-                self._waiters.remove((waiter, parallel))
+                # (a release between the cancel and this line skipped the entry, never removed it)
+                self._waiters.remove(waiter)
             raise
 
     def release(self, worker: int) -> None:
-        """Give a worker back; the longest waiter that takes it gets it."""
-        for entry in self._waiters:
-            waiter, parallel = entry
-            if waiter.done():
-                continue
-            if parallel or worker == 0:
-                self._waiters.remove(entry)
+        """Give a worker back; the longest live waiter gets it."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                self._waiters.remove(waiter)
                 waiter.set_result(worker)
                 return
         self._free.append(worker)
